@@ -1,0 +1,187 @@
+"""The scheduler: one background thread that continuously batches every running sequence.
+
+Each loop turn: drop cancelled and timed-out sequences (so a disconnect costs at most one more step), admit
+waiting sequences into free batch slots (prefill each alone, sample its first token), then run one decode step
+for the whole batch and give each row its own sampled token. The HTTP side never touches the model: it submits
+a sequence with a `sink` callback and receives events from this thread.
+
+The public surface (`submit`, `cancel`, `running`, `waiting`, `start`, `stop`, `tokenizer`, `max_context`,
+`grammars`) is what `serving` relies on; a faster GPU engine can replace this class behind it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from nim_llm.batch import PaddedBatch
+from nim_llm.errors import internal, timed_out
+from nim_llm.sampling import SamplingParams
+from nim_llm.sequence import Event, Sequence
+from nim_llm.structured import GrammarCache
+
+log = logging.getLogger("nim_llm.engine")
+
+
+class QueueFullError(Exception):
+    pass
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch_size: int,
+        max_queue: int,
+        max_context: int,
+        request_timeout_s: float,
+        idle_wait_s: float,
+        grammar_cache_size: int,
+        json_max_close_tokens: int,
+        model_id: str = "",
+    ) -> None:
+        self.model = model.eval()
+        self.model_id = model_id
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.max_context = max_context
+        self.request_timeout_s = request_timeout_s
+        self.idle_wait_s = idle_wait_s
+        self.eos_ids = frozenset(eos_token_ids(model, tokenizer))
+        self.grammars = GrammarCache(
+            tokenizer, logits_size(model), sorted(self.eos_ids), grammar_cache_size, json_max_close_tokens
+        )
+        self._batch = PaddedBatch(model)
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="nim-llm-engine", daemon=True)
+
+    # --- the interface serving uses ---------------------------------------------------------------------
+    @property
+    def running(self) -> int:
+        return len(self._batch)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Event], None]) -> str:
+        """Queue one sequence; raises QueueFullError when LLM_MAX_QUEUE sequences already wait."""
+        constraint = self.grammars.new_constraint(params.grammar) if params.grammar else None
+        seq = Sequence(
+            id=uuid.uuid4().hex,
+            prompt_ids=prompt_ids,
+            params=params,
+            sink=sink,
+            tokenizer=self.tokenizer,
+            eos_ids=self.eos_ids,
+            deadline=time.monotonic() + self.request_timeout_s,
+            device=self.model.device,
+            constraint=constraint,
+        )
+        with self._wake:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError
+            self._waiting.append(seq)
+            self._wake.notify()
+        return seq.id
+
+    def cancel(self, seq_id: str) -> None:
+        with self._wake:
+            for seq in [*self._waiting, *self._batch.seqs]:
+                if seq.id == seq_id:
+                    seq.cancelled = True
+            self._wake.notify()
+
+    # --- the loop -----------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while not self._stopping:
+                try:
+                    self._turn()
+                except Exception as err:  # a bad step must not kill the server: fail its sequences, go on
+                    log.exception("engine step failed")
+                    for seq in self._batch.seqs:
+                        seq.fail(internal(f"generation failed: {err}"))
+                    self._batch.remove_finished()
+
+    def _turn(self) -> None:
+        with self._wake:
+            if not self._waiting and not len(self._batch):
+                self._wake.wait(self.idle_wait_s)
+            self._expire_waiting()
+            admitted = self._pop_admissible()
+        self._expire_running()
+        for seq in admitted:
+            self._advance(seq, lambda seq=seq: self._batch.prefill(seq))
+        self._batch.remove_finished()
+        if len(self._batch):
+            logits = self._batch.step()
+            for row, seq in enumerate(self._batch.seqs):
+                self._advance(seq, lambda row=row: logits[row])
+            self._batch.remove_finished()
+
+    @staticmethod
+    def _advance(seq: Sequence, logits: Callable[[], torch.Tensor]) -> None:
+        # A failure that belongs to one sequence (its prompt, its grammar) fails that sequence only.
+        try:
+            seq.append(seq.choose(logits()))
+        except Exception as err:
+            log.exception("sequence %s failed", seq.id)
+            seq.fail(internal(f"generation failed: {err}"))
+
+    def _pop_admissible(self) -> list[Sequence]:
+        admitted = []
+        while self._waiting and len(self._batch) + len(admitted) < self.max_batch_size:
+            admitted.append(self._waiting.popleft())
+        return admitted
+
+    def _expire_waiting(self) -> None:
+        now = time.monotonic()
+        for seq in list(self._waiting):
+            if seq.cancelled or now > seq.deadline:
+                self._waiting.remove(seq)
+                if not seq.cancelled:
+                    seq.fail(timed_out(self.request_timeout_s))
+
+    def _expire_running(self) -> None:
+        now = time.monotonic()
+        for seq in self._batch.seqs:
+            if not seq.cancelled and now > seq.deadline:
+                seq.fail(timed_out(self.request_timeout_s))
+        self._batch.remove_finished()
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a turn: the generation config's (often several for chat models) and the tokenizer's."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config):
+        value = getattr(source, "eos_token_id", None)
+        ids.update([value] if isinstance(value, int) else (value or []))
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def logits_size(model: Any) -> int:
+    return int(model.get_output_embeddings().weight.shape[0])

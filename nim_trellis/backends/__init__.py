@@ -1,0 +1,1 @@
+"""Image/text-to-3D backends behind one small interface (`base.Backend3D`)."""

@@ -1,0 +1,78 @@
+"""Text-to-image with SANA-Sprint through diffusers' `SanaSprintPipeline` (bf16 on GPU, 2 steps by default).
+
+Loaded once and kept resident; called only from the worker thread. Each image of a batch gets its own seeded
+generator (seed, seed+1, ...), so any single image can be redrawn alone from the seed reported with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from PIL import Image
+
+from config import BUILTIN_TINY_SANA, Settings
+from nim_trellis.imagegen.tiny import ensure_tiny_sana
+from nim_trellis.schemas import MAX_SEED, BackendHealth
+
+log = logging.getLogger("nim_trellis.imagegen")
+
+DISTILLED_STEPS = 2  # SANA-Sprint's distilled schedule; other step counts need intermediate_timesteps=None
+
+
+class SanaImageGenerator:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model_id = settings.imagegen_model or ""
+        self.device = settings.imagegen_device or "cpu"
+        self.name = "tiny-sana" if self.model_id == BUILTIN_TINY_SANA else f"sana-sprint:{self.model_id}"
+        self.health = BackendHealth(
+            state="loading" if self.model_id else "off",
+            detail=f"loading {self.model_id}" if self.model_id else (
+                "text-to-image is off; set IMAGEGEN_MODEL to a SANA-Sprint hub id or local folder "
+                "(e.g. Efficient-Large-Model/Sana_Sprint_0.6B_1024px_diffusers) or upload images instead"
+            ),
+        )
+        self._pipe: Any = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.model_id)
+
+    def load(self) -> None:
+        if not self.model_id:
+            return
+        try:
+            import torch
+            from diffusers import SanaSprintPipeline
+
+            source = ensure_tiny_sana(self.settings.cache_dir) if self.model_id == BUILTIN_TINY_SANA else self.model_id
+            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+            pipe = SanaSprintPipeline.from_pretrained(str(source), dtype=dtype, token=self.settings.token)
+            pipe.to(self.device)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipe = pipe
+            self.health = BackendHealth(state="ready", detail=f"{self.model_id} on {self.device} ({dtype})")
+        except Exception as e:  # leaves the service live but not ready, with the reason in health
+            log.exception("text-to-image model %s failed to load", self.model_id)
+            self.health = BackendHealth(state="error", detail=f"could not load {self.model_id}: "
+                                                              f"{type(e).__name__}: {e}")
+
+    def generate(self, prompt: str, *, n: int, width: int, height: int, seed: int,
+                 steps: int) -> list[tuple[Image.Image, int]]:
+        """`n` PNG-ready images and the seed of each."""
+        import torch
+
+        seeds = [(seed + i - 1) % MAX_SEED + 1 for i in range(n)]
+        generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        kwargs: dict[str, Any] = {}
+        if steps != DISTILLED_STEPS:
+            kwargs["intermediate_timesteps"] = None
+        if self.model_id == BUILTIN_TINY_SANA:
+            kwargs["complex_human_instruction"] = None  # a 1 kB instruction prefix would dominate a tiny model's time
+        with torch.inference_mode():
+            out = self._pipe(
+                prompt=prompt, num_images_per_prompt=n, generator=generators, height=height, width=width,
+                num_inference_steps=steps, use_resolution_binning=False, **kwargs,
+            )
+        return list(zip(out.images, seeds, strict=True))

@@ -1,0 +1,283 @@
+"""The work queue: one worker thread drains a bounded queue of jobs, so the GPU never runs two jobs at once.
+
+Every GPU-bound request goes through here: `/v1/jobs`, the synchronous `/v1/infer` (which waits on its job) and
+`/v1/images/generations`. A job is a function of a `JobContext`; it reports stages through `ctx.stage(...)`, which
+is where cancel requests and timeouts take effect. A job's exception fails that job only. A watchdog fails a job
+that overruns its timeout at once (its waiters get an answer), even if the backend call itself is still running;
+the worker then discards that call's result.
+
+Finished jobs and their result files (under `DATA_DIR/jobs/<id>/`) are kept for `JOB_RETENTION_S`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nim_trellis.backends.base import MeshArtifact
+from nim_trellis.errors import ServiceError
+from nim_trellis.metrics import ServiceMetrics
+from nim_trellis.schemas import JobState, JobStatus
+
+log = logging.getLogger("nim_trellis.jobs")
+
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "filtered"})
+
+
+class JobCancelled(Exception):
+    """Raised at a stage boundary after a cancel request."""
+
+
+class JobTimedOut(Exception):
+    """Raised at a stage boundary after the job's deadline."""
+
+
+class ContentFiltered(Exception):
+    """A safety classifier decided against the input; the job ends as `filtered`."""
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str  # "3d" or "images"
+    work: Callable[[JobContext], Any]
+    backend: str
+    output_format: str = ""
+    seed: int | None = None
+    status: JobState = "queued"
+    stage: str | None = None
+    progress: float = 0.0
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    result_path: Path | None = None
+    media_type: str | None = None
+    value: Any = None  # in-memory result (generated images)
+    cancel_requested: bool = False
+    discard_when_done: bool = False  # nobody will collect the result (its client left)
+    done: Future[None] = field(default_factory=Future)
+
+
+class JobContext:
+    """Handed to a job's work function: stage reporting, cancel and deadline checks."""
+
+    def __init__(self, job: Job, queue: JobQueue, deadline: float) -> None:
+        self.job, self._queue, self._deadline = job, queue, deadline
+        self._stage_start = time.monotonic()
+
+    def stage(self, name: str, progress: float) -> None:
+        self.close_stage()
+        if self.job.cancel_requested:
+            raise JobCancelled()
+        if time.monotonic() > self._deadline or self.job.status != "running":
+            raise JobTimedOut()
+        self.job.stage, self.job.progress = name, max(self.job.progress, min(progress, 1.0))
+
+    def close_stage(self) -> None:
+        now = time.monotonic()
+        if self.job.stage:
+            self._queue.metrics.stage_seconds.labels(self.job.stage).observe(now - self._stage_start)
+        self._stage_start = now
+
+
+class JobQueue:
+    """Job store + bounded FIFO + the single worker thread."""
+
+    def __init__(self, *, max_queued: int, timeout_s: float, retention_s: float, results_dir: Path,
+                 retry_after_s: int) -> None:
+        self.max_queued, self.timeout_s, self.retention_s = max_queued, timeout_s, retention_s
+        self.results_dir, self.retry_after_s = results_dir, retry_after_s
+        self.metrics = ServiceMetrics(queue_depth=self.depth)
+        self._jobs: dict[str, Job] = {}
+        self._queued: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._worker = threading.Thread(target=self._run_worker, name="trellis-worker", daemon=True)
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_results()
+        self._worker.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            while self._queued:
+                self._finish(self._queued.popleft(), "cancelled", error="service shutting down")
+            self._cond.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(timeout=timeout_s)
+
+    # --- client side ---------------------------------------------------------------------------------------
+    def submit(self, kind: str, work: Callable[[JobContext], Any], *, backend: str, output_format: str = "",
+               seed: int | None = None) -> Job:
+        self.purge_expired()
+        job = Job(id=uuid.uuid4().hex, kind=kind, work=work, backend=backend, output_format=output_format,
+                  seed=seed)
+        with self._cond:
+            if len(self._queued) >= self.max_queued:
+                self.metrics.rejected.labels("queue_full").inc()
+                raise ServiceError(
+                    429, f"The work queue is full ({self.max_queued} jobs waiting); retry later.",
+                    code="queue_full", retry_after_s=self.retry_after_s,
+                )
+            self._jobs[job.id] = job
+            self._queued.append(job)
+            self._cond.notify_all()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        self.purge_expired()
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise ServiceError(404, f"No job {job_id!r}; it never existed or expired after "
+                                    f"{self.retention_s:g}s (JOB_RETENTION_S).", code="job_not_found", param="id")
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        with self._cond:
+            if job.status == "queued":
+                self._queued.remove(job)
+                self._finish(job, "cancelled", error="cancelled before it started")
+            elif job.status == "running":
+                job.cancel_requested = True  # honoured at the next stage boundary
+        return job
+
+    def abandon(self, job: Job) -> None:
+        """The waiting client left: cancel the job (at its next stage boundary if running) and forget it."""
+        with self._cond:
+            job.discard_when_done = True
+            if job.status in TERMINAL:
+                self.discard(job)
+                return
+        self.cancel(job.id)
+
+    def discard(self, job: Job) -> None:
+        """Forget a finished job at once (used by `/v1/infer`, whose result travels in the response)."""
+        with self._cond:
+            self._jobs.pop(job.id, None)
+        self._remove_files(job)
+
+    def depth(self) -> int:
+        return len(self._queued)
+
+    def position(self, job: Job) -> int | None:
+        """1-based place among the waiting jobs; None once the job has left the queue."""
+        with self._cond:
+            for i, queued in enumerate(self._queued):
+                if queued is job:
+                    return i + 1
+        return None
+
+    def status(self, job: Job) -> JobStatus:
+        return JobStatus(
+            id=job.id, status=job.status, stage=job.stage, progress=round(job.progress, 4),
+            queue_position=self.position(job), error=job.error, seed=job.seed, backend=job.backend,
+            output_format=job.output_format, created=job.created, finished=job.finished,
+        )
+
+    def purge_expired(self) -> None:
+        cutoff = time.time() - self.retention_s
+        with self._cond:
+            expired = [j for j in self._jobs.values() if j.finished is not None and j.finished < cutoff]
+            for job in expired:
+                del self._jobs[job.id]
+        for job in expired:
+            self._remove_files(job)
+
+    # --- worker side ---------------------------------------------------------------------------------------
+    def _run_worker(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queued and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job = self._queued.popleft()
+                job.status, job.started = "running", time.time()
+            self.metrics.wait_seconds.observe(job.started - job.created)
+            self._execute(job)
+
+    def _execute(self, job: Job) -> None:
+        ctx = JobContext(job, self, deadline=time.monotonic() + self.timeout_s)
+        watchdog = threading.Timer(self.timeout_s, self._expire, args=(job,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            outcome = job.work(ctx)
+            ctx.close_stage()
+            if job.status != "running":  # the watchdog already failed it; drop the late result
+                return
+            if isinstance(outcome, MeshArtifact):
+                self._store_artifact(job, outcome)
+            else:
+                job.value = outcome
+            self._finish(job, "succeeded")
+        except JobCancelled:
+            self._finish(job, "cancelled", error="cancelled while running")
+        except JobTimedOut:
+            self._finish(job, "failed", error=self._timeout_message())
+        except ContentFiltered as e:
+            self._finish(job, "filtered", error=str(e))
+        except Exception as e:  # a backend failure fails this job only; the worker keeps going
+            log.exception("job %s failed", job.id)
+            self._finish(job, "failed", error=f"{type(e).__name__}: {e}")
+        finally:
+            watchdog.cancel()
+            self.metrics.job_seconds.labels(job.kind).observe(time.time() - (job.started or job.created))
+
+    def _expire(self, job: Job) -> None:
+        with self._cond:
+            if job.status == "running":
+                log.error("job %s timed out after %ss", job.id, self.timeout_s)
+                self._finish(job, "failed", error=self._timeout_message())
+
+    def _timeout_message(self) -> str:
+        return f"timed out after {self.timeout_s:g}s (JOB_TIMEOUT_S)"
+
+    def _store_artifact(self, job: Job, artifact: MeshArtifact) -> None:
+        folder = self.results_dir / job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"result.{artifact.output_format}"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(artifact.data)
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        job.result_path, job.media_type = path, artifact.media_type
+        job.seed, job.backend, job.output_format = artifact.seed, artifact.backend, artifact.output_format
+
+    def _finish(self, job: Job, status: JobState, error: str | None = None) -> None:
+        with self._cond:
+            if job.status in TERMINAL:  # the watchdog or a cancel got there first
+                return
+            job.status, job.error, job.finished = status, error, time.time()
+            if status == "succeeded":
+                job.progress, job.stage = 1.0, "done"
+        self.metrics.jobs.labels(job.kind, status).inc()
+        with contextlib.suppress(Exception):  # a waiter may have cancelled its future
+            job.done.set_result(None)
+        if job.discard_when_done:
+            self.discard(job)
+
+    def _remove_files(self, job: Job) -> None:
+        shutil.rmtree(self.results_dir / job.id, ignore_errors=True)
+
+    def _remove_stale_results(self) -> None:
+        """Results of a previous process are unreachable (the store is in memory); drop the expired ones."""
+        cutoff = time.time() - self.retention_s
+        for folder in self.results_dir.iterdir():
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)

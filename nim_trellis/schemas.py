@@ -1,0 +1,217 @@
+"""Wire models of the 3D service, in the order of their public specs.
+
+`InferRequest` follows the TRELLIS NIM `/v1/infer` body; `ImageGenerationRequest` and `ModerationRequest` follow
+OpenAI's Images and Moderations APIs. Our extensions are marked "extension". Unknown fields are ignored, as the
+public APIs do. Requests translate themselves into the service's own task types (`InferRequest.to_task`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from config import Settings
+from nim_trellis.backends.base import MeshParams
+from nim_trellis.errors import bad_request
+from nim_trellis.images import decode_image
+
+# Ranges of the TRELLIS NIM contract (REFERENCE.md §2); seeds fit numpy's and torch's 32-bit seeding.
+MAX_SEED = 2**32 - 1
+MIN_STEPS, MAX_STEPS = 10, 50
+MAX_CFG = 10.0
+MAX_IMAGES = 4
+IMAGE_SIZE_MULTIPLE = 32  # SANA's VAE and patching need multiples of 32
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 64, 2048
+MAX_IMAGE_STEPS = 50
+
+FinishReason = Literal["SUCCESS", "CONTENT_FILTERED", "ERROR"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "filtered"]
+
+
+def resolve_seed(seed: int | None) -> int:
+    """0 or None means "pick one"; the chosen seed is always reported back so results can be reproduced."""
+    return seed if seed else secrets.randbelow(MAX_SEED) + 1
+
+
+@dataclass(frozen=True)
+class Task3D:
+    """A validated 3D request: exactly one of `image` and `prompt` is set."""
+
+    mode: Literal["image", "text"]
+    image: Image.Image | None
+    prompt: str | None
+    params: MeshParams
+
+
+class InferRequest(BaseModel):
+    """Body of `POST /v1/infer` and `POST /v1/jobs`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    mode: Literal["image", "text"] | None = None
+    image: str | None = None
+    prompt: str | None = None
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    ss_sampling_steps: int | None = Field(None, ge=MIN_STEPS, le=MAX_STEPS)
+    slat_sampling_steps: int | None = Field(None, ge=MIN_STEPS, le=MAX_STEPS)
+    ss_cfg_scale: float | None = Field(None, ge=0.0, le=MAX_CFG)
+    slat_cfg_scale: float | None = Field(None, ge=0.0, le=MAX_CFG)
+    no_texture: bool = False
+    output_format: Literal["glb", "stl"] = "glb"
+    samples: int = 1
+
+    @field_validator("samples")
+    @classmethod
+    def _one_sample(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError("only samples=1 is supported; send one request per sample")
+        return v
+
+    def resolve_mode(self) -> Literal["image", "text"]:
+        has_image, has_prompt = bool(self.image), bool(self.prompt and self.prompt.strip())
+        if has_image and has_prompt:
+            raise bad_request("Send either `image` or `prompt`, not both.", "prompt")
+        if not has_image and not has_prompt:
+            raise bad_request("Send an `image` (data URI or base64) or a `prompt`.", "image")
+        inferred: Literal["image", "text"] = "image" if has_image else "text"
+        if self.mode and self.mode != inferred:
+            field = "image" if self.mode == "image" else "prompt"
+            raise bad_request(f"mode={self.mode!r} needs `{field}`.", "mode")
+        return inferred
+
+    def to_task(self, settings: Settings) -> Task3D:
+        """Validate against the service limits, decode the image and fill defaults from the settings."""
+        mode = self.resolve_mode()
+        prompt = self.prompt.strip() if mode == "text" and self.prompt else None
+        if prompt and len(prompt) > settings.max_prompt_chars:
+            raise bad_request(
+                f"`prompt` has {len(prompt)} characters; the limit is {settings.max_prompt_chars} (MAX_PROMPT_CHARS).",
+                "prompt",
+            )
+        image = decode_image(self.image, settings) if mode == "image" and self.image else None
+        params = MeshParams(
+            seed=resolve_seed(self.seed),
+            ss_steps=self.ss_sampling_steps or settings.trellis_ss_steps,
+            slat_steps=self.slat_sampling_steps or settings.trellis_slat_steps,
+            ss_cfg=settings.trellis_ss_cfg if self.ss_cfg_scale is None else self.ss_cfg_scale,
+            slat_cfg=settings.trellis_slat_cfg if self.slat_cfg_scale is None else self.slat_cfg_scale,
+            no_texture=self.no_texture,
+            output_format=self.output_format,
+        )
+        return Task3D(mode=mode, image=image, prompt=prompt, params=params)
+
+
+class Artifact(BaseModel):
+    base64: str
+    finishReason: FinishReason  # the NIM contract spells it in camelCase
+    seed: int
+    backend: str  # extension: which backend made the file (`trellis` or `relief`)
+    output_format: str  # extension: `glb` or `stl`
+
+
+class InferResponse(BaseModel):
+    artifacts: list[Artifact]
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: JobState
+    queue_position: int | None
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: JobState
+    stage: str | None
+    progress: float
+    queue_position: int | None
+    error: str | None
+    seed: int | None
+    backend: str
+    output_format: str
+    created: float
+    finished: float | None
+
+
+class ImageGenerationRequest(BaseModel):
+    """OpenAI Images `POST /v1/images/generations`, plus `seed` and `steps` (extensions)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1)
+    model: str | None = None  # accepted for OpenAI clients; the service has one image model
+    n: int = Field(1, ge=1, le=MAX_IMAGES)
+    size: str | None = None
+    response_format: Literal["b64_json"] = "b64_json"
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)  # extension
+    steps: int | None = Field(None, ge=1, le=MAX_IMAGE_STEPS)  # extension
+
+    @field_validator("size")
+    @classmethod
+    def _valid_size(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_size(v)
+        return v
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' -> (width, height); both multiples of 32 within the supported range."""
+    try:
+        width, height = (int(part) for part in size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must look like '512x512', got {size!r}") from None
+    for side in (width, height):
+        if side % IMAGE_SIZE_MULTIPLE or not MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE:
+            raise ValueError(
+                f"size sides must be multiples of {IMAGE_SIZE_MULTIPLE} between {MIN_IMAGE_SIDE} and "
+                f"{MAX_IMAGE_SIDE}, got {size!r}"
+            )
+    return width, height
+
+
+class GeneratedImage(BaseModel):
+    b64_json: str
+    seed: int  # extension
+    revised_prompt: str | None = None
+
+
+class ImageGenerationResponse(BaseModel):
+    created: int
+    data: list[GeneratedImage]
+    backend: str  # extension: the image model that drew them
+
+
+class ModerationRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str]
+    model: str | None = None
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]
+
+
+class BackendHealth(BaseModel):
+    state: Literal["ready", "loading", "error", "off"]
+    detail: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ready", "loading", "error"]
+    message: str
+    backends: dict[str, BackendHealth]
+    queue_depth: int
+    profile: str

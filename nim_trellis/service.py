@@ -1,0 +1,269 @@
+"""Service logic behind the routers: model loading and health, 3D jobs, text-to-image and moderation.
+
+Routers call these methods and nothing else. All GPU work goes through `JobQueue` (one worker); the async methods
+only wait on job futures, so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+
+from config import Settings
+from nim_trellis.backends.base import Backend3D, MeshArtifact, StageReporter
+from nim_trellis.errors import ServiceError
+from nim_trellis.imagegen.sana import SanaImageGenerator
+from nim_trellis.jobs import ContentFiltered, Job, JobContext, JobQueue
+from nim_trellis.safety import SafetyGate, SafetyUnavailable
+from nim_trellis.schemas import (
+    Artifact,
+    BackendHealth,
+    FinishReason,
+    GeneratedImage,
+    HealthResponse,
+    ImageGenerationRequest,
+    ImageGenerationResponse,
+    InferRequest,
+    InferResponse,
+    ModerationRequest,
+    ModerationResponse,
+    ModerationResult,
+    Task3D,
+    parse_size,
+    resolve_seed,
+)
+
+log = logging.getLogger("nim_trellis.service")
+
+Disconnected = Callable[[], Awaitable[bool]]  # Starlette's `request.is_disconnected`
+
+MODERATION_CATEGORY = "sexual"  # the classifiers we use detect sexual content only
+TEXT_STAGE_SHARE = 0.3  # share of a text-mode job's progress spent before the 3D backend starts
+
+
+def make_backend(settings: Settings) -> Backend3D:
+    if settings.backend_3d == "trellis":
+        from nim_trellis.backends.trellis import TrellisBackend
+
+        return TrellisBackend(settings)
+    from nim_trellis.backends.relief import ReliefBackend
+
+    return ReliefBackend(settings)
+
+
+class ScaledReporter:
+    """Maps a backend's own 0..1 progress into a slice of the job's progress."""
+
+    def __init__(self, ctx: StageReporter, start: float, end: float) -> None:
+        self.ctx, self.start, self.end = ctx, start, end
+
+    def stage(self, name: str, progress: float) -> None:
+        self.ctx.stage(name, self.start + (self.end - self.start) * progress)
+
+
+class TrellisService:
+    def __init__(self, settings: Settings, *, backend: Backend3D | None = None,
+                 imagegen: SanaImageGenerator | None = None, safety: SafetyGate | None = None) -> None:
+        self.settings = settings
+        self.backend = backend or make_backend(settings)
+        self.imagegen = imagegen or SanaImageGenerator(settings)
+        self.safety = safety or SafetyGate(settings)
+        self.backend_health = BackendHealth(state="loading", detail=f"loading {self.backend.name}")
+        self.queue = JobQueue(
+            max_queued=settings.jobs_queue_size, timeout_s=settings.job_timeout_s,
+            retention_s=settings.job_retention_s, results_dir=settings.data_dir / "jobs",
+            retry_after_s=settings.trellis_retry_after_s,
+        )
+        self._loader = threading.Thread(target=self.load_models, name="trellis-loader", daemon=True)
+
+    # --- lifecycle and health ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.queue.start()
+        self._loader.start()  # in the background, so /v1/health/live answers at once
+
+    def stop(self) -> None:
+        self.queue.stop()
+
+    def load_models(self) -> None:
+        started = time.monotonic()
+        try:
+            self.backend.load()
+            self.backend_health = BackendHealth(state="ready", detail=f"{self.backend.name} backend loaded")
+        except Exception as e:
+            log.exception("3D backend %s failed to load", self.backend.name)
+            self.backend_health = BackendHealth(state="error", detail=f"{self.backend.name}: {type(e).__name__}: {e}")
+        self.imagegen.load()
+        self.safety.load()
+        log.info("model loading finished in %.1fs: %s", time.monotonic() - started, self.components())
+
+    def components(self) -> dict[str, BackendHealth]:
+        return {"3d": self.backend_health, "imagegen": self.imagegen.health,
+                "safety_prompt": self.safety.prompt.health, "safety_image": self.safety.image.health}
+
+    def health(self) -> HealthResponse:
+        parts = self.components()
+        fail_open = not self.settings.safety_fail_closed
+        blocking = {name: h for name, h in parts.items()
+                    if h.state == "error" and not (fail_open and name.startswith("safety"))}
+        warnings = [f"{name}: {h.detail}" for name, h in parts.items() if h.state == "error" and name not in blocking]
+        status: Literal["ready", "loading", "error"]
+        if blocking:
+            status, message = "error", "; ".join(f"{n}: {h.detail}" for n, h in blocking.items())
+        elif any(h.state == "loading" for h in parts.values()):
+            status, message = "loading", "models are loading"
+        else:
+            status, message = "ready", "ready" + ("" if not warnings else " with warnings: " + "; ".join(warnings))
+        return HealthResponse(status=status, message=message, backends=parts, queue_depth=self.queue.depth(),
+                              profile=self.settings.profile)
+
+    def require(self, *names: str) -> None:
+        """503 with Retry-After unless the named components can serve (off components are the caller's concern)."""
+        parts = self.components()
+        for name in names:
+            h = parts[name]
+            if h.state == "loading":
+                raise ServiceError(503, f"The {name} model is still loading; retry shortly.", code="not_ready",
+                                   retry_after_s=self.settings.trellis_retry_after_s)
+            if h.state == "error" and not (name.startswith("safety") and not self.settings.safety_fail_closed):
+                raise ServiceError(503, f"The {name} model failed to load: {h.detail}", code="backend_error",
+                                   retry_after_s=self.settings.trellis_retry_after_s)
+
+    # --- 3D ------------------------------------------------------------------------------------------------
+    async def submit_3d(self, request: InferRequest) -> Job:
+        # Decoding a large image takes tens of milliseconds: off the event loop, like all CPU work here.
+        task = await asyncio.to_thread(request.to_task, self.settings)
+        return self.enqueue_3d(task)
+
+    def enqueue_3d(self, task: Task3D) -> Job:
+        self.require("3d", "safety_prompt", "safety_image")
+        if task.mode == "text" and not self.backend.supports_text:
+            self.require("imagegen")
+            if not self.imagegen.enabled:
+                raise ServiceError(503, "Text mode needs a text-to-image model: set IMAGEGEN_MODEL (or "
+                                        "TRELLIS_TEXT_MODEL with BACKEND_3D=trellis), or send an image.",
+                                   code="text_mode_unavailable", param="prompt")
+        return self.queue.submit("3d", lambda ctx: self._run_3d(task, ctx), backend=self.backend.name,
+                                 output_format=task.params.output_format, seed=task.params.seed)
+
+    def _run_3d(self, task: Task3D, ctx: JobContext) -> MeshArtifact:
+        params, image = task.params, task.image
+        if task.mode == "text" and task.prompt:
+            ctx.stage("safety_prompt", 0.01)
+            self._guard(self.safety.check_prompt, task.prompt, "prompt")
+            if self.backend.supports_text:
+                return self.backend.text_to_mesh(task.prompt, params, ScaledReporter(ctx, 0.02, 1.0))
+            ctx.stage("text_to_image", 0.02)
+            side = self.settings.imagegen_size or 0
+            image = self.imagegen.generate(task.prompt, n=1, width=side, height=side, seed=params.seed,
+                                           steps=self.settings.imagegen_steps)[0][0]
+        assert image is not None  # to_task guarantees an image or a prompt
+        start = TEXT_STAGE_SHARE if task.mode == "text" else 0.0
+        ctx.stage("safety_image", start + 0.01)
+        self._guard(self.safety.check_image, image, "image")
+        return self.backend.image_to_mesh(image, params, ScaledReporter(ctx, start + 0.02, 1.0))
+
+    @staticmethod
+    def _guard(check: Callable, item: str | Image.Image, what: str) -> None:
+        decision = check(item)  # SafetyUnavailable propagates and fails the job as an error, never as a filter
+        if decision.flagged:
+            raise ContentFiltered(f"the {what} was classified as unsafe (score {decision.score:.3f})")
+
+    async def wait(self, job: Job, is_disconnected: Disconnected | None) -> None:
+        """Wait for a job; if the client goes away meanwhile, abandon the job so the GPU does not work for nobody."""
+        done = asyncio.wrap_future(job.done)
+        while not (await asyncio.wait({done}, timeout=self.settings.trellis_disconnect_poll_s))[0]:
+            if is_disconnected is not None and await is_disconnected():
+                log.info("client left; abandoning %s job %s", job.kind, job.id)
+                self.queue.abandon(job)
+                raise ServiceError(499, "The client closed the request.", code="client_closed_request")
+
+    async def infer(self, request: InferRequest, is_disconnected: Disconnected | None = None) -> InferResponse:
+        job = await self.submit_3d(request)
+        await self.wait(job, is_disconnected)
+        try:
+            if job.status == "succeeded" and job.result_path is not None:
+                data = await asyncio.to_thread(_file_b64, job.result_path)
+                reason: FinishReason = "SUCCESS"
+            else:
+                if job.status == "failed":
+                    log.warning("infer job %s failed: %s", job.id, job.error)
+                data, reason = "", ("CONTENT_FILTERED" if job.status == "filtered" else "ERROR")
+        finally:
+            self.queue.discard(job)
+        return InferResponse(artifacts=[Artifact(base64=data, finishReason=reason, seed=job.seed or 0,
+                                                 backend=job.backend, output_format=job.output_format)])
+
+    # --- text-to-image -------------------------------------------------------------------------------------
+    async def generate_images(self, request: ImageGenerationRequest,
+                              is_disconnected: Disconnected | None = None) -> ImageGenerationResponse:
+        if not self.imagegen.enabled:
+            raise ServiceError(503, self.imagegen.health.detail, code="imagegen_off")
+        self.require("imagegen", "safety_prompt")
+        side = self.settings.imagegen_size or 0
+        width, height = parse_size(request.size) if request.size else (side, side)
+        decision = await asyncio.to_thread(self._checked_prompt, request.prompt)
+        if decision:
+            raise ServiceError(400, "The prompt was classified as unsafe; rephrase it.", code="content_filtered",
+                               param="prompt")
+        seed, steps = resolve_seed(request.seed), request.steps or self.settings.imagegen_steps
+
+        def work(ctx: JobContext) -> list[tuple[Image.Image, int]]:
+            ctx.stage("text_to_image", 0.1)
+            return self.imagegen.generate(request.prompt, n=request.n, width=width, height=height, seed=seed,
+                                          steps=steps)
+
+        job = self.queue.submit("images", work, backend=self.imagegen.name, seed=seed)
+        await self.wait(job, is_disconnected)
+        self.queue.discard(job)
+        if job.status != "succeeded":
+            raise ServiceError(500, f"Image generation failed: {job.error}", code="generation_failed")
+        encoded = await asyncio.to_thread(lambda: [(_png_b64(img), s) for img, s in job.value])
+        data = [GeneratedImage(b64_json=b64, seed=s) for b64, s in encoded]
+        return ImageGenerationResponse(created=int(time.time()), data=data, backend=self.imagegen.name)
+
+    def _checked_prompt(self, prompt: str) -> bool:
+        try:
+            return self.safety.check_prompt(prompt).flagged
+        except SafetyUnavailable as e:
+            raise ServiceError(503, f"Cannot check the prompt: {e}", code="safety_unavailable",
+                               retry_after_s=self.settings.trellis_retry_after_s) from e
+
+    # --- moderation ----------------------------------------------------------------------------------------
+    async def moderate(self, request: ModerationRequest) -> ModerationResponse:
+        self.require("safety_prompt")
+        texts = [request.input] if isinstance(request.input, str) else request.input
+        results = []
+        for text in texts:
+            decision = await asyncio.to_thread(self._moderate_one, text)
+            results.append(ModerationResult(flagged=decision[0], categories={MODERATION_CATEGORY: decision[0]},
+                                            category_scores={MODERATION_CATEGORY: decision[1]}))
+        model = self.safety.prompt.model_id or "off"
+        return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=model, results=results)
+
+    def _moderate_one(self, text: str) -> tuple[bool, float]:
+        try:
+            d = self.safety.check_prompt(text)
+        except SafetyUnavailable as e:
+            raise ServiceError(503, f"Cannot check the text: {e}", code="safety_unavailable",
+                               retry_after_s=self.settings.trellis_retry_after_s) from e
+        return d.flagged, round(d.score, 6)
+
+
+def _file_b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _png_b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()

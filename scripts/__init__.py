@@ -1,0 +1,1 @@
+"""Operations helpers run by start.sh, install.sh, supervisord and the Docker healthcheck."""

@@ -1,0 +1,1 @@
+"""The studio UI's logic: service clients, planner, workspace, export and the Gradio layout. Never imports torch."""

@@ -1,0 +1,249 @@
+"""Async HTTP clients for the LLM service and the 3D service.
+
+Every call goes through `_send`, which retries 429/503 answers (honouring `Retry-After`, capped) and connection
+failures, and turns every failure into a `ServiceError` whose message a user can read. Nothing here knows about
+Gradio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+
+from config import Settings
+
+RETRY_STATUSES = (429, 503)
+ServiceState = Literal["ready", "loading", "down"]
+
+
+class ServiceError(Exception):
+    """A failed service call, with a message meant for the user."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class ContentFiltered(ServiceError):
+    """The service's safety classifier refused the input; the message says why."""
+
+
+@dataclass
+class Health:
+    state: ServiceState
+    message: str
+    queue_depth: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _retry_after(response: httpx.Response, attempt: int, cap: float) -> float:
+    try:
+        wait = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        wait = 2.0**attempt
+    return max(0.0, min(wait, cap))
+
+
+def _error_message(response: httpx.Response) -> tuple[str, str | None]:
+    """The service's own message from the OpenAI error envelope, else a short description."""
+    try:
+        err = response.json().get("error") or {}
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"]), err.get("code")
+        detail = response.json().get("message") or response.json().get("detail")
+        if detail:
+            return str(detail), None
+    except (ValueError, AttributeError):
+        pass
+    return f"HTTP {response.status_code}", None
+
+
+class _Service:
+    """Shared request machinery: one pooled httpx client, retries, friendly errors."""
+
+    label = "service"
+
+    def __init__(self, base_url: str, settings: Settings, client: httpx.AsyncClient) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.settings = settings
+        self.http = client
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        message, code = _error_message(response)
+        error = ContentFiltered if code == "content_filtered" else ServiceError
+        raise error(f"The {self.label} said: {message}", status=response.status_code, code=code)
+
+    async def _send(self, method: str, path: str, *, retries: int | None = None, **kwargs: Any) -> httpx.Response:
+        attempts = (self.settings.ui_http_retries if retries is None else retries) + 1
+        cap = self.settings.ui_retry_max_wait_s
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = await self.http.request(method, self.base_url + path, headers=self.headers, **kwargs)
+            except httpx.TimeoutException as e:
+                raise ServiceError(f"The {self.label} did not answer in time; please try again.") from e
+            except httpx.TransportError as e:
+                if last:
+                    raise ServiceError(f"The {self.label} is not reachable at {self.base_url}; is it running?") from e
+                await asyncio.sleep(min(2.0**attempt, cap))
+                continue
+            if response.status_code in RETRY_STATUSES and not last:
+                await asyncio.sleep(_retry_after(response, attempt, cap))
+                continue
+            self._raise_for(response)
+            return response
+        raise AssertionError("unreachable")
+
+    async def health(self) -> Health:
+        """Ready/loading/down with the service's own reason; never raises."""
+        try:
+            r = await self.http.get(self.base_url + self.health_path, headers=self.headers, timeout=5.0)
+        except httpx.HTTPError:
+            return Health("down", f"not reachable at {self.base_url}")
+        try:
+            body = r.json()
+        except ValueError:
+            body = {}
+        body = body if isinstance(body, dict) else {}
+        message = str(body.get("message") or body.get("status") or f"HTTP {r.status_code}")
+        depth = body.get("queue_depth")
+        state: ServiceState = "ready" if r.status_code == 200 else "loading" if r.status_code == 503 else "down"
+        if str(body.get("status", "")).lower() in ("error", "failed", "down"):
+            state = "down"  # live but a model failed to load: waiting will not help, the reason says what to fix
+        return Health(state, message, depth if isinstance(depth, int) else None, body)
+
+    health_path = "/health/ready"
+
+
+class LLMClient(_Service):
+    """OpenAI-compatible chat completions: streamed text and schema-constrained JSON."""
+
+    label = "LLM service"
+    health_path = "/health/ready"
+
+    def _body(self, messages: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
+        return {"model": self.settings.llm_served_name, "messages": messages, **extra}
+
+    async def stream_chat(self, messages: list[dict[str, str]], *, max_tokens: int) -> AsyncIterator[str]:
+        """Yield content deltas as they arrive (SSE), ending at `data: [DONE]`."""
+        body = self._body(messages, stream=True, max_tokens=max_tokens, temperature=0.7)
+        timeout = httpx.Timeout(self.settings.ui_http_timeout_s, connect=5.0)
+        for attempt in range(self.settings.ui_http_retries + 1):
+            try:
+                async with self.http.stream("POST", self.base_url + "/chat/completions", json=body,
+                                            headers=self.headers, timeout=timeout) as r:
+                    if r.status_code in RETRY_STATUSES and attempt < self.settings.ui_http_retries:
+                        await asyncio.sleep(_retry_after(r, attempt, self.settings.ui_retry_max_wait_s))
+                        continue
+                    if r.status_code >= 400:
+                        await r.aread()
+                        self._raise_for(r)
+                    async for delta in _sse_deltas(r):
+                        yield delta
+                    return
+            except httpx.TimeoutException as e:
+                raise ServiceError(f"The {self.label} did not answer in time; please try again.") from e
+            except httpx.TransportError as e:
+                raise ServiceError(f"The {self.label} is not reachable at {self.base_url}; is it running?") from e
+
+    async def complete_json(self, messages: list[dict[str, str]], schema: dict[str, Any], name: str, *,
+                            max_tokens: int) -> str:
+        """One `json_schema` call; returns the raw content for the caller to validate."""
+        fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+        body = self._body(messages, max_tokens=max_tokens, temperature=0.2, response_format=fmt)
+        r = await self._send("POST", "/chat/completions", json=body, timeout=self.settings.ui_http_timeout_s)
+        try:
+            return str(r.json()["choices"][0]["message"]["content"] or "")
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise ServiceError(f"The {self.label} sent an answer the studio cannot read.") from e
+
+
+async def _sse_deltas(response: httpx.Response) -> AsyncIterator[str]:
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            continue
+        if "error" in chunk:
+            raise ServiceError(f"The LLM service said: {chunk['error'].get('message', 'error')}")
+        for choice in chunk.get("choices") or []:
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                yield text
+
+
+@dataclass
+class GeneratedImage:
+    png: bytes
+    seed: int
+
+
+class TrellisClient(_Service):
+    """The 3D service: moderation, text-to-image, and the asynchronous image-to-3D jobs API."""
+
+    label = "3D service"
+    health_path = "/v1/health/ready"
+
+    async def moderate(self, text: str) -> bool:
+        """True when the service's prompt classifier flags `text`."""
+        r = await self._send("POST", "/v1/moderations", json={"input": text}, timeout=self.settings.ui_http_timeout_s)
+        results = r.json().get("results") or [{}]
+        return bool(results[0].get("flagged"))
+
+    async def generate_images(self, prompt: str, *, n: int, seed: int, size: int) -> list[GeneratedImage]:
+        body = {"prompt": prompt, "n": n, "size": f"{size}x{size}", "response_format": "b64_json", "seed": seed}
+        r = await self._send("POST", "/v1/images/generations", json=body, timeout=self.settings.ui_http_timeout_s)
+        try:
+            return [GeneratedImage(base64.b64decode(d["b64_json"]), int(d["seed"])) for d in r.json()["data"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ServiceError("The 3D service sent images the studio cannot read.") from e
+
+    async def submit_job(self, png: bytes, params: dict[str, Any]) -> dict[str, Any]:
+        image = "data:image/png;base64," + base64.b64encode(png).decode()
+        r = await self._send("POST", "/v1/jobs", json={"image": image, **params},
+                             timeout=self.settings.ui_http_timeout_s)
+        return dict(r.json())
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        r = await self._send("GET", f"/v1/jobs/{job_id}", timeout=self.settings.ui_http_timeout_s)
+        return dict(r.json())
+
+    async def result(self, job_id: str) -> tuple[bytes, dict[str, str]]:
+        r = await self._send("GET", f"/v1/jobs/{job_id}/result", timeout=self.settings.ui_http_timeout_s)
+        return r.content, {"seed": r.headers.get("x-seed", ""), "backend": r.headers.get("x-backend", "")}
+
+    async def cancel(self, job_id: str) -> None:
+        try:
+            await self._send("DELETE", f"/v1/jobs/{job_id}", retries=0, timeout=self.settings.ui_http_timeout_s)
+        except ServiceError as e:
+            if e.status != 404 and e.status != 409:  # already gone or already finished: nothing to cancel
+                raise
+
+
+class Services:
+    """Both clients over one connection pool; create one per process, inside the event loop that uses it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.ui_http_timeout_s, connect=5.0))
+        self.llm = LLMClient(settings.llm_url, settings, self.http)
+        self.trellis = TrellisClient(settings.trellis_url, settings, self.http)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

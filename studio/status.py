@@ -1,0 +1,66 @@
+"""The status header and which actions are possible right now, from the services' health and the scene.
+
+Nothing here blocks the page: an action that cannot work is disabled and its label says why (Gradio buttons have
+no tooltip), and the header gives the full reason from the service's own health endpoint.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+from studio.clients import Health
+from studio.context import HealthSnapshot
+from studio.workspace import Scene
+
+COLOURS = {"ready": "#1a7f37", "loading": "#9a6700", "down": "#cf222e"}
+ICONS = {"ready": "●", "loading": "◐", "down": "○"}
+
+
+def imagegen_state(trellis: Health) -> tuple[bool, str]:
+    """Whether text-to-image can draw, and why not (the 3D service reports it as one of its backends)."""
+    part = (trellis.details.get("backends") or {}).get("imagegen")
+    if isinstance(part, dict) and part.get("state") in ("off", "error"):
+        return False, str(part.get("detail") or "text-to-image is off")
+    return trellis.state == "ready", trellis.message
+
+
+def _pill(name: str, h: Health, extra: str = "") -> str:
+    colour = COLOURS[h.state]
+    reason = "" if h.state == "ready" else f" — {html.escape(h.message)}"
+    return (f'<span class="svc svc-{h.state}" title="{html.escape(h.message)}" style="color:{colour};'
+            f'margin-right:1.2em"><b>{ICONS[h.state]} {name}: {h.state}</b>{reason}{extra}</span>')
+
+
+def header_html(h: HealthSnapshot) -> str:
+    depth = h.trellis.queue_depth
+    queue = f" · queue {depth}" if depth is not None and h.trellis.state != "down" else ""
+    can_draw, why = imagegen_state(h.trellis)
+    note = "" if can_draw or h.trellis.state != "ready" else (
+        f' <span style="color:#9a6700">(images: {html.escape(why)}; upload your own images instead)</span>')
+    return (f'<div id="status-header">{_pill("LLM", h.llm)}{_pill("3D", h.trellis, queue)}{note}</div>')
+
+
+@dataclass
+class Gates:
+    """(enabled, label) for each page-level action."""
+
+    send: tuple[bool, str]
+    draw: tuple[bool, str]
+    all3d: tuple[bool, str]
+    export: tuple[bool, str]
+
+
+def gates(h: HealthSnapshot, scene: Scene | None) -> Gates:
+    objects = scene.objects if scene else []
+    llm_ok = h.llm.state == "ready"
+    can_draw, _ = imagegen_state(h.trellis)
+    waiting = any(o.image is None and o.state in ("waiting", "failed") for o in objects)
+    with_image = any(o.image is not None and o.state == "ready" for o in objects)
+    return Gates(
+        send=(llm_ok, "Send" if llm_ok else f"Send (LLM {h.llm.state})"),
+        draw=(can_draw and waiting, "Draw images" if can_draw else "Draw images (text-to-image unavailable)"),
+        all3d=(h.trellis.state == "ready" and with_image,
+               "Generate all 3D" if h.trellis.state == "ready" else f"Generate all 3D (3D {h.trellis.state})"),
+        export=(bool(objects), "Export scene"),
+    )

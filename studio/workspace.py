@@ -1,0 +1,211 @@
+"""Scenes on disk (DESIGN §7): `scenes/<scene-id>/scene.json`, `images/`, `models/`, `exports/`.
+
+The file is the source of truth: every change loads the scene fresh under a per-scene lock, applies one small
+edit and writes it back atomically (temp file + rename), so overlapping clicks and several tabs never lose each
+other's work, and a crash never leaves a half-written file. File names come from ids we generate, never from
+user text. Nothing here deletes a file: removing an object only drops it from the plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+SCHEMA_VERSION = 1
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+CardState = Literal["waiting", "generating", "ready", "filtered", "failed"]
+ModelState = Literal["none", "queued", "running", "ready", "failed", "cancelled", "filtered"]
+
+
+class Layout(BaseModel):
+    """Rough placement in metres: x right, y forward, z up (Blender's axes); rotation about z in degrees."""
+
+    position: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    size: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    rotation_deg: float = 0.0
+
+
+class ImageRef(BaseModel):
+    file: str  # relative to the scene folder
+    seed: int
+    source: Literal["generated", "upload"] = "generated"
+
+
+class JobProgress(BaseModel):
+    id: str
+    status: str = "queued"
+    stage: str = ""
+    progress: float = 0.0
+    queue_position: int | None = None
+
+
+class ModelRef(BaseModel):
+    file: str
+    seed: int | None = None
+    backend: str = ""
+    params: dict[str, float | int | bool | str] = Field(default_factory=dict)
+
+
+class SceneObject(BaseModel):
+    id: str
+    name: str
+    prompt: str
+    count: int = 1
+    layout: Layout = Field(default_factory=Layout)
+    state: CardState = "waiting"
+    error: str = ""
+    image: ImageRef | None = None
+    variants: list[ImageRef] = Field(default_factory=list)
+    model_state: ModelState = "none"
+    model_error: str = ""
+    job: JobProgress | None = None
+    model: ModelRef | None = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class Scene(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    name: str = "Untitled scene"
+    created: float = Field(default_factory=time.time)
+    updated: float = Field(default_factory=time.time)
+    request: str = ""
+    objects: list[SceneObject] = Field(default_factory=list)
+    chat: list[ChatMessage] = Field(default_factory=list)
+
+    def find(self, object_id: str) -> SceneObject | None:
+        return next((o for o in self.objects if o.id == object_id), None)
+
+
+class SceneSummary(BaseModel):
+    id: str
+    name: str
+    updated: float
+    objects: int
+
+
+def new_id(prefix: str = "") -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{prefix}{stamp}-{secrets.token_hex(3)}" if not prefix else f"{prefix}{secrets.token_hex(4)}"
+
+
+def check_id(value: str) -> str:
+    """Ids become path parts; only our own shape is accepted, so `..`, `/` or user text can never escape."""
+    if not isinstance(value, str) or not ID_RE.match(value):
+        raise ValueError(f"not a valid id: {value!r}")
+    return value
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class Workspace:
+    """All scenes under `data_dir/scenes`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = (Path(data_dir) / "scenes").resolve()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def scene_dir(self, scene_id: str) -> Path:
+        return self.root / check_id(scene_id)
+
+    def path(self, scene_id: str, relative: str) -> Path:
+        """Absolute path of a file recorded in scene.json, refusing anything outside the scene folder."""
+        base = self.scene_dir(scene_id)
+        target = (base / relative).resolve()
+        if not target.is_relative_to(base):
+            raise ValueError(f"path escapes the scene folder: {relative!r}")
+        return target
+
+    def exists(self, scene_id: str | None) -> bool:
+        try:
+            return bool(scene_id) and (self.scene_dir(str(scene_id)) / "scene.json").is_file()
+        except ValueError:
+            return False
+
+    def create(self) -> Scene:
+        scene = Scene(id=new_id())
+        self.save(scene)
+        return scene
+
+    def load(self, scene_id: str) -> Scene:
+        raw = (self.scene_dir(scene_id) / "scene.json").read_bytes()
+        scene = Scene.model_validate_json(raw)
+        if scene.schema_version > SCHEMA_VERSION:
+            raise ValueError(f"scene {scene_id} was written by a newer studio (schema {scene.schema_version})")
+        return scene
+
+    def save(self, scene: Scene) -> None:
+        scene.updated = time.time()
+        atomic_write(self.scene_dir(scene.id) / "scene.json", scene.model_dump_json(indent=2).encode())
+
+    def list(self) -> list[SceneSummary]:
+        out = []
+        for entry in self.root.glob("*/scene.json") if self.root.is_dir() else []:
+            try:
+                s = Scene.model_validate_json(entry.read_bytes())
+            except (ValidationError, OSError, ValueError):
+                continue  # a foreign or damaged folder is skipped, never touched
+            out.append(SceneSummary(id=s.id, name=s.name, updated=s.updated, objects=len(s.objects)))
+        return sorted(out, key=lambda s: s.updated, reverse=True)
+
+    def write_image(self, scene_id: str, object_id: str, seed: int, png: bytes) -> str:
+        rel = f"images/{check_id(object_id)}-{int(seed)}.png"
+        atomic_write(self.path(scene_id, rel), png)
+        return rel
+
+    def write_model(self, scene_id: str, object_id: str, seed: int, data: bytes, ext: str = "glb") -> str:
+        rel = f"models/{check_id(object_id)}-{int(seed)}.{'stl' if ext == 'stl' else 'glb'}"
+        atomic_write(self.path(scene_id, rel), data)
+        return rel
+
+    @contextlib.asynccontextmanager
+    async def edit(self, scene_id: str) -> AsyncIterator[Scene]:
+        """Load fresh, let the caller change it, save on success; an exception saves nothing."""
+        lock = self._locks.setdefault(check_id(scene_id), asyncio.Lock())
+        async with lock:
+            scene = self.load(scene_id)
+            yield scene
+            self.save(scene)
+
+    def reopen(self, scene_id: str) -> Scene:
+        """Load for display after a refresh or from "My scenes": work that was in flight when the page or the
+        process went away is shown as interrupted (with retry) instead of spinning forever."""
+        scene = self.load(scene_id)
+        changed = False
+        for obj in scene.objects:
+            if obj.state == "generating":
+                obj.state, obj.error, changed = "failed", "Interrupted; press retry.", True
+            if obj.model_state in ("queued", "running"):
+                obj.model_state, obj.model_error, obj.job = "failed", "Interrupted; press → 3D again.", None
+                changed = True
+        if changed:
+            self.save(scene)
+        return scene

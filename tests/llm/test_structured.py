@@ -1,0 +1,76 @@
+"""Unit tests of the structured-output guarantee: any token choice the mask allows ends in valid JSON in budget.
+
+A uniformly random pick among allowed tokens is the worst case (a trained model prefers to close values), so
+if that always validates within max_tokens, the served model does too.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import jsonschema
+import numpy as np
+import pytest
+
+from nim_llm.errors import APIError
+from nim_llm.structured import GrammarCache
+from nim_llm.tiny import build_tokenizer
+from tests.llm.test_chat import PLAN_SCHEMA
+
+SCHEMAS = [
+    PLAN_SCHEMA,
+    {"type": "object"},
+    {"type": "array", "items": {"type": "string", "minLength": 3}, "minItems": 2},
+    {
+        "type": "object",
+        "properties": {
+            "n": {"type": "number", "minimum": 5},
+            "ok": {"type": "boolean"},
+            "tag": {"type": "string", "pattern": "^[a-z]{2,4}$"},
+        },
+        "required": ["n", "ok", "tag"],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def grammars() -> GrammarCache:
+    tokenizer = build_tokenizer()
+    return GrammarCache(tokenizer, len(tokenizer), [tokenizer.eos_token_id], max_entries=8, max_close_tokens=256)
+
+
+def _random_walk(grammars: GrammarCache, key: str, budget: int, rng: random.Random) -> list[int]:
+    constraint = grammars.new_constraint(key)
+    out: list[int] = []
+    while not constraint.done and len(out) < budget:
+        token = int(rng.choice(np.flatnonzero(constraint.allowed().numpy())))
+        token = constraint.commit(token, budget - len(out) - 1)
+        if token in grammars.eos_ids:
+            break
+        out.append(token)
+    return out
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=["plan", "any-object", "string-array", "number-bool-pattern"])
+def test_random_tokens_end_in_valid_json_when_constrained(grammars: GrammarCache, schema: dict) -> None:
+    key = grammars.compile(schema, "schema")
+    rng = random.Random(0)
+    for _ in range(12):
+        budget = grammars.min_tokens(key) + rng.choice([0, 1, 5, 20, 80])
+        out = _random_walk(grammars, key, budget, rng)
+        assert len(out) <= budget
+        jsonschema.validate(json.loads(grammars.hf_tokenizer.decode(out)), schema)
+
+
+def test_compile_reuses_grammar_when_same_schema(grammars: GrammarCache) -> None:
+    first = grammars.compile({"type": "object", "properties": {"a": {"type": "integer"}}}, "schema")
+    again = grammars.compile({"properties": {"a": {"type": "integer"}}, "type": "object"}, "schema")
+    assert first == again
+    assert grammars._matchers[first] is grammars._matchers[again]
+
+
+def test_compile_rejects_when_schema_invalid(grammars: GrammarCache) -> None:
+    with pytest.raises(APIError) as err:
+        grammars.compile({"type": "no-such-type"}, "response_format.json_schema.schema")
+    assert err.value.status == 400 and err.value.param == "response_format.json_schema.schema"

@@ -1,0 +1,125 @@
+"""Small fake services with the real contracts, for fast tests of the studio's logic (the slow tests use the real
+services). Each keeps a log of what it was asked, and can be told to fail."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from typing import Any
+
+import trimesh
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from PIL import Image
+
+PLAN = {"scene_name": "Reading corner", "objects": [
+    {"id": "", "name": "Armchair", "prompt": "a green velvet armchair", "count": 1, "x_cm": 0, "y_cm": 0,
+     "z_cm": 0, "width_cm": 80, "depth_cm": 90, "height_cm": 100, "rotation_deg": 0},
+    {"id": "", "name": "Floor lamp", "prompt": "a brass floor lamp", "count": 1, "x_cm": 100, "y_cm": 0,
+     "z_cm": 0, "width_cm": 40, "depth_cm": 40, "height_cm": 160, "rotation_deg": 0},
+]}
+
+
+def error(status: int, message: str, code: str | None = None, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"error": {"message": message, "type": "error", "param": None, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def fake_llm(state: dict[str, Any]) -> FastAPI:
+    """`state`: plans (list of JSON texts answered in turn), busy (count of 503s to send first), log."""
+    app = FastAPI()
+
+    @app.get("/v1/health/ready")
+    def ready() -> Any:
+        return {"status": "ready", "message": "ready"}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        body = await request.json()
+        state.setdefault("log", []).append(body)
+        if state.get("busy", 0) > 0:
+            state["busy"] -= 1
+            return error(503, "model is loading", retry_after=0)
+        if "response_format" in body:
+            name = body["response_format"]["json_schema"]["name"]
+            content = '{"intent": "chat"}' if name == "intent" else state["plans"].pop(0)
+            return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                 "finish_reason": "stop"}]}
+
+        def sse() -> Any:
+            for word in ["Hello", " there", "!"]:
+                yield "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": word}}]}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream")
+
+    return app
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGBA", (32, 32), (seed % 255, 100, 150, 255)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fake_trellis(state: dict[str, Any]) -> FastAPI:
+    """`state`: flag (words that get prompts filtered), job_polls (polls before a job finishes), log."""
+    app = FastAPI()
+    jobs: dict[str, dict[str, Any]] = {}
+
+    @app.get("/v1/health/ready")
+    def ready() -> Any:
+        return {"status": "ready", "message": "ready", "queue_depth": len(jobs), "profile": "fake",
+                "backends": {"imagegen": {"state": "ready", "detail": "ok"}}}
+
+    @app.post("/v1/moderations")
+    async def moderations(request: Request) -> Any:
+        text = (await request.json())["input"]
+        return {"id": "m", "model": "fake", "results": [{"flagged": any(w in text for w in state.get("flag", []))}]}
+
+    @app.post("/v1/images/generations")
+    async def images(request: Request) -> Any:
+        body = await request.json()
+        state.setdefault("log", []).append(body)
+        if any(w in body["prompt"] for w in state.get("flag", [])):
+            return error(400, "the prompt was flagged by the safety classifier", "content_filtered")
+        seeds = [body["seed"] + i for i in range(body["n"])]
+        return {"created": int(time.time()), "backend": "fake",
+                "data": [{"b64_json": base64.b64encode(_png(s)).decode(), "seed": s} for s in seeds]}
+
+    @app.post("/v1/jobs", status_code=202)
+    async def submit(request: Request) -> Any:
+        body = await request.json()
+        job_id = f"job-{len(jobs) + 1}"
+        jobs[job_id] = {"id": job_id, "status": "queued", "stage": "", "progress": 0.0, "queue_position": 0,
+                        "error": None, "seed": body.get("seed") or 99, "backend": "fake", "output_format": "glb",
+                        "polls": 0, "body": body}
+        return JSONResponse({"id": job_id, "status": "queued", "queue_position": 0}, status_code=202)
+
+    @app.get("/v1/jobs/{job_id}")
+    def status(job_id: str) -> Any:
+        job = jobs.get(job_id)
+        if job is None:
+            return error(404, "no such job")
+        job["polls"] += 1
+        if job["status"] in ("queued", "running"):
+            done = job["polls"] >= state.get("job_polls", 2)
+            job.update(status="succeeded" if done else "running", stage="sampling", progress=1.0 if done else 0.5)
+        return {k: v for k, v in job.items() if k not in ("polls", "body")}
+
+    @app.get("/v1/jobs/{job_id}/result")
+    def result(job_id: str) -> Any:
+        glb = trimesh.Scene(trimesh.creation.box()).export(file_type="glb")
+        return Response(glb, media_type="model/gltf-binary",
+                        headers={"X-Seed": str(jobs[job_id]["seed"]), "X-Backend": "fake"})
+
+    @app.delete("/v1/jobs/{job_id}")
+    def cancel(job_id: str) -> Any:
+        jobs[job_id]["status"] = "cancelled"
+        return {k: v for k, v in jobs[job_id].items() if k not in ("polls", "body")}
+
+    state["_jobs"] = jobs
+    return app

@@ -1,0 +1,213 @@
+"""The studio's logic end to end against fake services with the real contracts (fast): chat, plan, edit,
+images filling in one by one, 3D jobs with progress and cancel, retries honouring Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config import Settings
+from studio import board
+from studio.chat import chat_turn, flatten_history
+from studio.clients import ContentFiltered, ServiceError
+from studio.context import StudioContext
+from studio.workspace import Scene
+from tests.studio.fakes import PLAN, fake_llm, fake_trellis
+from tests.support import serve_in_thread
+
+
+@pytest.fixture(scope="module")
+def services() -> Iterator[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    llm_state: dict[str, Any] = {"plans": []}
+    trellis_state: dict[str, Any] = {}
+    with serve_in_thread(fake_llm(llm_state)) as llm, serve_in_thread(fake_trellis(trellis_state)) as trellis:
+        yield llm, trellis, llm_state, trellis_state
+
+
+@pytest.fixture
+def make_ctx(services: tuple[str, str, dict, dict], tmp_path: Path) -> Any:
+    llm, trellis, llm_state, trellis_state = services
+    llm_state.update(plans=[], busy=0, log=[])
+    trellis_state.update(flag=[], job_polls=2, log=[])
+
+    def make() -> StudioContext:
+        settings = Settings(_env_file=None, llm_base_url=llm + "/v1", trellis_base_url=trellis,  # type: ignore[call-arg]
+                            data_dir=tmp_path / "data", ui_job_poll_s=0.05, imagegen_size=64)
+        return StudioContext.from_settings(settings)
+
+    return make
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+async def run_turn(ctx: StudioContext, scene_id: str | None, text: str) -> tuple[list[str], Scene | None]:
+    replies: list[str] = []
+    last: Scene | None = None
+    async for reply, scene in chat_turn(ctx, scene_id, user(text)):
+        replies.append(reply)
+        last = scene
+    return replies, last
+
+
+def test_flatten_history_turns_parts_into_text() -> None:
+    history = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+               {"role": "assistant", "content": "hi"}, {"role": "assistant", "content": []}]
+    assert flatten_history(history) == [{"role": "user", "content": "a\nb"}, {"role": "assistant", "content": "hi"}]
+
+
+def test_greeting_streams_a_normal_answer_without_a_plan(make_ctx: Any, services: Any) -> None:
+    replies, scene = asyncio.run(run_turn(make_ctx(), None, "hello"))
+    assert replies[-1] == "Hello there!" and len(replies) >= 3  # streamed, growing
+    assert scene is None
+    assert all("response_format" not in b for b in services[2]["log"])
+
+
+def test_scene_request_makes_a_plan_in_one_structured_call(make_ctx: Any, services: Any) -> None:
+    services[2]["plans"] = [json.dumps(PLAN)]
+    replies, scene = asyncio.run(run_turn(make_ctx(), None, "a cozy reading corner"))
+    assert scene is not None and [o.name for o in scene.objects] == ["Armchair", "Floor lamp"]
+    assert "Reading corner" in replies[-1]
+    (call,) = services[2]["log"]
+    assert call["response_format"]["type"] == "json_schema" and call["response_format"]["json_schema"]["strict"]
+
+
+def test_invalid_plan_is_retried_then_reported_and_nothing_saved(make_ctx: Any, services: Any) -> None:
+    services[2]["plans"] = ["{broken", '{"scene_name": "x", "objects": []}']
+    ctx = make_ctx()
+    replies, scene = asyncio.run(run_turn(ctx, None, "a cozy reading corner"))
+    assert "Nothing was changed" in replies[-1] and len(services[2]["log"]) == 2
+    assert scene is None and ctx.workspace.list() == []
+
+
+def test_edit_updates_the_plan_instead_of_starting_over(make_ctx: Any, services: Any) -> None:
+    ctx = make_ctx()
+    services[2]["plans"] = [json.dumps(PLAN)]
+    _, scene = asyncio.run(run_turn(ctx, None, "a cozy reading corner"))
+    assert scene is not None
+    chair = scene.objects[0]
+    edited = {"scene_name": "Reading corner", "objects": [
+        {**PLAN["objects"][0], "id": chair.id},
+        {**PLAN["objects"][1], "id": "", "name": "Bookshelf", "prompt": "a tall oak bookshelf"}]}
+    services[2]["plans"] = [json.dumps(edited)]
+    replies, after = asyncio.run(run_turn(ctx, scene.id, "remove the lamp and add a bookshelf"))
+    assert after is not None and after.id == scene.id
+    assert [o.name for o in after.objects] == ["Armchair", "Bookshelf"] and after.objects[0].id == chair.id
+    assert "Updated" in replies[-1]
+    assert chair.id in services[2]["log"][-1]["messages"][-1]["content"]  # the current plan was sent
+
+
+def test_flagged_scene_text_is_refused_before_planning(make_ctx: Any, services: Any) -> None:
+    services[3]["flag"] = ["forbidden"]
+    replies, scene = asyncio.run(run_turn(make_ctx(), None, "make a forbidden scene"))
+    assert "safety check" in replies[-1] and scene is None and services[2]["log"] == []
+
+
+def plan_scene(ctx: StudioContext, services: Any) -> Scene:
+    services[2]["plans"] = [json.dumps(PLAN)]
+    _, scene = asyncio.run(run_turn(ctx, None, "a cozy reading corner"))
+    assert scene is not None
+    return scene
+
+
+async def collect(gen: Any) -> list[Scene]:
+    return [s async for s in gen]
+
+
+def test_images_fill_in_card_by_card(make_ctx: Any, services: Any) -> None:
+    ctx = make_ctx()
+    scene = plan_scene(ctx, services)
+    snapshots = asyncio.run(collect(board.draw_images(ctx, scene.id)))
+    assert [o.state for o in snapshots[0].objects] == ["generating", "generating"]
+    assert sorted(sum(o.image is not None for o in s.objects) for s in snapshots) == [0, 1, 2]
+    final = ctx.workspace.load(scene.id)
+    assert all(o.state == "ready" and ctx.workspace.path(scene.id, o.image.file).is_file()
+               for o in final.objects if o.image)
+
+
+def test_filtered_prompt_shows_the_reason_and_other_cards_continue(make_ctx: Any, services: Any) -> None:
+    ctx = make_ctx()
+    scene = plan_scene(ctx, services)
+    services[3]["flag"] = ["brass"]
+    asyncio.run(collect(board.draw_images(ctx, scene.id)))
+    chair, lamp = ctx.workspace.load(scene.id).objects
+    assert chair.state == "ready" and lamp.state == "filtered" and "safety" in lamp.error
+
+
+def test_variants_pick_and_empty_prompt_refused(make_ctx: Any, services: Any) -> None:
+    ctx = make_ctx()
+    scene = plan_scene(ctx, services)
+    oid = scene.objects[0].id
+    asyncio.run(collect(board.make_variants(ctx, scene.id, oid, 3)))
+    obj = ctx.workspace.load(scene.id).objects[0]
+    assert len(obj.variants) == 3 and len({v.seed for v in obj.variants}) == 3
+    picked = asyncio.run(board.pick_variant(ctx, scene.id, oid, 2))
+    assert picked.objects[0].image == obj.variants[2] and picked.objects[0].state == "ready"
+    with pytest.raises(board.UserError, match="empty"):
+        asyncio.run(board.edit_prompt(ctx, scene.id, oid, "   "))
+
+
+def test_generate_3d_reports_progress_and_saves_glbs_with_params(make_ctx: Any, services: Any) -> None:
+    ctx = make_ctx()
+    scene = plan_scene(ctx, services)
+    asyncio.run(collect(board.draw_images(ctx, scene.id)))
+    params = board.job_params(7, 20, 25, 5.0, 2.0, True)
+    snapshots = asyncio.run(collect(board.generate_3d(ctx, scene.id, None, params)))
+    assert any(o.model_state == "running" and o.job and o.job.progress == 0.5 for s in snapshots for o in s.objects)
+    final = ctx.workspace.load(scene.id)
+    for obj in final.objects:
+        assert obj.model_state == "ready" and obj.model and obj.model.seed == 7 and obj.model.backend == "fake"
+        assert ctx.workspace.path(scene.id, obj.model.file).read_bytes()[:4] == b"glTF"
+    jobs = services_jobs(services)
+    assert len(jobs) == 2
+    assert all(j["body"]["ss_sampling_steps"] == 20 and j["body"]["no_texture"] is True for j in jobs)
+
+
+def services_jobs(services: Any) -> list[dict[str, Any]]:
+    return list(services[3]["_jobs"].values()) if "_jobs" in services[3] else []
+
+
+def test_cancel_batch_stops_every_job(make_ctx: Any, services: Any) -> None:
+    ctx = make_ctx()
+    scene = plan_scene(ctx, services)
+    asyncio.run(collect(board.draw_images(ctx, scene.id)))
+    services[3]["job_polls"] = 10_000
+
+    async def run() -> None:
+        gen = board.generate_3d(ctx, scene.id, None, board.job_params(0, 12, 12, 7.5, 3, False))
+        async for s in gen:
+            if all(o.job for o in s.objects):
+                await board.cancel_jobs(ctx, scene.id)
+
+    asyncio.run(asyncio.wait_for(run(), 20))
+    assert [o.model_state for o in ctx.workspace.load(scene.id).objects] == ["cancelled", "cancelled"]
+
+
+def test_busy_service_is_retried_after_retry_after(make_ctx: Any, services: Any) -> None:
+    services[2]["busy"] = 2
+    services[2]["plans"] = [json.dumps(PLAN)]
+    _, scene = asyncio.run(run_turn(make_ctx(), None, "a cozy reading corner"))
+    assert scene is not None and len(services[2]["log"]) == 3
+
+
+def test_unreachable_service_gives_a_friendly_message(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, trellis_base_url="http://127.0.0.1:9", data_dir=tmp_path,  # type: ignore[call-arg]
+                        ui_http_retries=0)
+    ctx = StudioContext.from_settings(settings)
+
+    async def moderate() -> bool:
+        return await ctx.services.trellis.moderate("x")
+
+    async def health() -> str:
+        return (await ctx.health()).trellis.state
+
+    with pytest.raises(ServiceError, match="not reachable"):
+        asyncio.run(moderate())
+    assert asyncio.run(health()) == "down"
+    assert issubclass(ContentFiltered, ServiceError)
