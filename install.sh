@@ -35,7 +35,7 @@ die() {
 have() { command -v "$1" >/dev/null 2>&1; }
 
 usage() {
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"
 }
 
 # --- shared ---------------------------------------------------------------------------------------------------
@@ -108,8 +108,8 @@ ask_token() {
   # Prints the token (possibly empty). Never asks when stdin is not a terminal; never echoes the input.
   local token=${HF_TOKEN:-}
   if [ -z "$token" ] && [ "$PROFILE" = gpu ] && [ -t 0 ]; then
-    printf 'Hugging Face token for the gated Llama-3.1-8B-Instruct (input hidden; Enter to skip): ' >&2
-    IFS= read -rs token || token=""
+    IFS= read -rs -p 'Hugging Face token for the gated Llama-3.1-8B-Instruct (input hidden; Enter to skip): ' \
+      token || token=""
     printf '\n' >&2
   fi
   printf '%s' "$token"

@@ -107,7 +107,7 @@ main() {
     --daemon) daemon=1 ;;
     "") ;;
     -h | --help)
-      sed -n '2,16p' "$0"
+      awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"
       exit 0
       ;;
     *) die "unknown argument '$1' (use --daemon or nothing)" ;;

@@ -123,9 +123,15 @@ class GrammarCache:
         if self._ll_tokenizer is None:
             import llguidance.hf
 
-            self._ll_tokenizer = llguidance.hf.from_tokenizer(
-                self.hf_tokenizer, n_vocab=self.vocab_size, eos_token=sorted(self.eos_ids)
-            )
+            try:
+                self._ll_tokenizer = llguidance.hf.from_tokenizer(
+                    self.hf_tokenizer, n_vocab=self.vocab_size, eos_token=sorted(self.eos_ids)
+                )
+            except TypeError:  # llguidance < 1.7 takes a single end-of-sequence id
+                eos = self.hf_tokenizer.eos_token_id
+                self._ll_tokenizer = llguidance.hf.from_tokenizer(
+                    self.hf_tokenizer, n_vocab=self.vocab_size, eos_token=eos if eos is not None else min(self.eos_ids)
+                )
             for in_string, texts in ((True, IN_STRING_PREFERENCE), (False, OUTSIDE_PREFERENCE)):
                 for text in texts:
                     ids = self.hf_tokenizer.encode(text, add_special_tokens=False)

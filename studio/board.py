@@ -225,11 +225,18 @@ def _apply_submit(obj: SceneObject, outcome: Any, active: dict[str, str]) -> Non
 async def _follow(ctx: StudioContext, scene_id: str, active: dict[str, str],
                   params: dict[str, Any]) -> AsyncIterator[Scene]:
     trellis = ctx.services.trellis
+    last_answer = time.monotonic()
     while active:
         if scene_id in ctx.cancelled:
             await asyncio.gather(*(trellis.cancel(j) for j in active.values()), return_exceptions=True)
         await asyncio.sleep(ctx.settings.ui_job_poll_s)
         polled = await asyncio.gather(*(trellis.job(j) for j in active.values()), return_exceptions=True)
+        if any(isinstance(p, dict) for p in polled):
+            last_answer = time.monotonic()
+        elif time.monotonic() - last_answer > ctx.settings.ui_http_timeout_s:
+            async for scene in _give_up(ctx, scene_id, active):  # the service is gone: say so, stop waiting
+                yield scene
+            return
         changed = False
         results: dict[str, tuple[bytes, dict[str, str]] | BaseException] = {}
         for (object_id, job_id), status in zip(list(active.items()), polled, strict=True):
@@ -250,6 +257,17 @@ async def _follow(ctx: StudioContext, scene_id: str, active: dict[str, str],
                     active.pop(object_id)
         if changed:
             yield scene
+
+
+async def _give_up(ctx: StudioContext, scene_id: str, active: dict[str, str]) -> AsyncIterator[Scene]:
+    async with ctx.workspace.edit(scene_id) as scene:
+        for object_id, job_id in active.items():
+            obj = scene.find(object_id)
+            if obj is not None and obj.job is not None and obj.job.id == job_id:
+                obj.model_state, obj.job = "failed", None
+                obj.model_error = "Lost contact with the 3D service; press → 3D to try again."
+    active.clear()
+    yield scene
 
 
 def _apply_status(ctx: StudioContext, scene: Scene, obj: SceneObject, status: Any, result: Any,

@@ -20,6 +20,7 @@ import gradio as gr
 
 from studio import board
 from studio.context import StudioContext
+from studio.planner import md_escape
 from studio.workspace import Scene, SceneObject
 
 CARDS_PER_ROW = 3
@@ -77,15 +78,15 @@ def model_status(obj: SceneObject) -> str:
         backend = f" ({obj.model.backend})" if obj.model.backend else ""
         return f"🧊 3D ready{backend} · seed {obj.model.seed}"
     if obj.model_state in ("failed", "filtered", "cancelled"):
-        return f"🧊 3D {obj.model_state}: {obj.model_error}"
+        return f"🧊 3D {obj.model_state}: {md_escape(obj.model_error)}"
     return ""
 
 
 def card_header(obj: SceneObject) -> str:
     count = f" ×{obj.count}" if obj.count > 1 else ""
-    lines = [f"**{obj.name}**{count} · {STATE_LABELS[obj.state]}"]
+    lines = [f"**{md_escape(obj.name)}**{count} · {STATE_LABELS[obj.state]}"]
     if obj.error:
-        lines.append(f"<small>{obj.error}</small>")
+        lines.append(f"<small>{md_escape(obj.error)}</small>")
     if obj.image:
         source = "uploaded" if obj.image.source == "upload" else f"seed {obj.image.seed}"
         lines.append(f"<small>image: {source}</small>")

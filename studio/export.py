@@ -116,8 +116,9 @@ def scene_files(scene: Scene) -> list[str]:
     """Every image (chosen and variants) and model the scene's objects refer to, relative to the scene folder."""
     files: list[str] = []
     for o in scene.objects:
-        refs = [o.image, *o.variants, o.model]
-        files += [r.file for r in refs if r is not None and r.file not in files]
+        for ref in (o.image, *o.variants, o.model):
+            if ref is not None and ref.file not in files:  # a picked variant is also the card's image
+                files.append(ref.file)
     return files
 
 

@@ -27,6 +27,14 @@ MAX_COUNT = 12
 MAX_CM = 3000
 
 
+MD_SPECIAL = set("\\`*_[]<>#|")
+
+
+def md_escape(text: str) -> str:
+    """Model- or user-made text shown as Markdown: its own * _ ` [ ] < > # | must not become formatting or HTML."""
+    return "".join("\\" + ch if ch in MD_SPECIAL else ch for ch in text)
+
+
 def clean_text(value: str) -> str:
     """Printable text on one line: control and private-use characters (a weak model emits them) dropped."""
     dropped = ("Cc", "Cf", "Co", "Cs")
@@ -258,11 +266,11 @@ def merge_plan(current: list[SceneObject], plan: WirePlan) -> list[SceneObject]:
 
 def describe_plan(name: str, objects: list[SceneObject], *, edited: bool) -> str:
     """The chat reply that accompanies a new or updated plan."""
-    head = f"Updated the plan for **{name}**" if edited else f"Here is a plan for **{name}**"
+    head = f"Updated the plan for **{md_escape(name)}**" if edited else f"Here is a plan for **{md_escape(name)}**"
     lines = [f"{head} ({len(objects)} object{'s' if len(objects) != 1 else ''}):"]
     for o in objects:
         w, d, h = o.layout.size
         copies = f" ×{o.count}" if o.count > 1 else ""
-        lines.append(f"- **{o.name}**{copies} — {w:g}×{d:g}×{h:g} m")
+        lines.append(f"- **{md_escape(o.name)}**{copies} — {w:g}×{d:g}×{h:g} m")
     lines.append("\nThe cards on the board fill in as each image arrives. Ask me to add, remove or change objects.")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ comes from disk. Named events (`api_name`) let gradio_client drive a whole scene
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,6 +37,7 @@ Payload = dict[str, Any] | None
 
 def build_ui(ctx: StudioContext) -> gr.Blocks:
     ws = ctx.workspace
+    browser_secret = hashlib.sha256(str(ws.root).encode()).hexdigest()[:32]
     gpu: dict[str, Any] = {"concurrency_id": GPU, "concurrency_limit": ctx.settings.ui_gpu_concurrency}
 
     # --- handlers ------------------------------------------------------------------------------------------
@@ -86,10 +88,13 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
         async for value in draw_pending(require(sid)):
             yield value
 
-    async def generate_all_3d(sid: str | None, *params: Any) -> AsyncIterator[SceneOut]:
+    async def generate_all_3d(sid: str | None, seed: float, ss_steps: float, slat_steps: float, ss_cfg: float,
+                              slat_cfg: float, no_texture: bool) -> AsyncIterator[SceneOut]:
+        """Every card with an image and no model yet; named parameters so API clients can pass them by name."""
         sid = require(sid)
         yield scene_out(ws.load(sid))
-        async for value in stream_scene(board.generate_3d(ctx, sid, None, board.job_params(*params))):
+        params = board.job_params(int(seed or 0), int(ss_steps), int(slat_steps), ss_cfg, slat_cfg, no_texture)
+        async for value in stream_scene(board.generate_3d(ctx, sid, None, params)):
             yield value
 
     async def cancel_batch(sid: str | None) -> None:
@@ -104,15 +109,19 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
     def get_scene(sid: str | None) -> SceneOut:
         return scene_out(load_scene(sid))
 
+    def remember_scene(sid: str | None) -> tuple[Any, ...]:
+        """Keep this browser's scene id (a refresh reopens it) and show the scene in My scenes."""
+        return sid, scene_choices()
+
     def new_scene() -> tuple[Any, ...]:
         scene = ws.create()  # the previous scene stays on disk and in My scenes
-        return scene.id, *scene_out(scene), [], scene.id, scene_choices()
+        return scene.id, *scene_out(scene), []
 
     def open_scene(choice: str | None) -> tuple[Any, ...]:
         if not choice or not ws.exists(choice):
             raise gr.Error("Pick a saved scene first.")
         scene = ws.reopen(choice)
-        return scene.id, *scene_out(scene), chat_of(scene), scene.id
+        return scene.id, *scene_out(scene), chat_of(scene)
 
     async def refresh_status(data: Payload) -> tuple[Any, ...]:
         h = await ctx.health()
@@ -144,7 +153,9 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
     # --- layout --------------------------------------------------------------------------------------------
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         scene_id = gr.State(None)
-        saved_id = gr.BrowserState(None, storage_key=STORAGE_KEY)
+        # A stable key and secret, so a refresh after the app restarted (supervisord) still finds the scene; the
+        # value is only a scene id, so the secret protects nothing and need not be kept secret.
+        saved_id = gr.BrowserState(None, storage_key=STORAGE_KEY, secret=browser_secret)
         shown = gr.State([None, None])
         timer = gr.Timer(ctx.settings.ui_status_interval_s)
         gr.Markdown(f"## {TITLE}")
@@ -197,7 +208,8 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
                         composed = gr.Model3D(label="Composed scene", height=320)
 
         # --- wiring --------------------------------------------------------------------------------------------
-        remember = {"fn": lambda sid: sid, "inputs": [scene_id], "outputs": [saved_id], "api_visibility": "private"}
+        remember = {"fn": remember_scene, "inputs": [scene_id], "outputs": [saved_id, scenes],
+                    "api_visibility": "private"}
         scene = [scene_state, scene_json]
         status_io = {"inputs": [scene_state], "outputs": [status, send, draw_btn, all3d_btn, export_btn]}
         demo.load(restore, [saved_id], [scene_id, *scene, chatbot, scenes], api_visibility="private").then(
@@ -212,8 +224,8 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
         all3d_btn.click(generate_all_3d, [scene_id, *params], scene, api_name="generate_3d", **gpu)
         cancel_btn.click(cancel_batch, [scene_id], None, api_name="cancel_3d", concurrency_limit=None)
         export_btn.click(export, [scene_id], [export_zip, composed], api_name="export", concurrency_limit=None)
-        start_over.click(new_scene, None, [scene_id, *scene, chatbot, saved_id, scenes], api_name="new_scene")
-        open_btn.click(open_scene, [scenes], [scene_id, *scene, chatbot, saved_id], api_name="open_scene")
+        start_over.click(new_scene, None, [scene_id, *scene, chatbot], api_name="new_scene").then(**remember)
+        open_btn.click(open_scene, [scenes], [scene_id, *scene, chatbot], api_name="open_scene").then(**remember)
         board_outputs = [o for slot in slots for o in slot.outputs()]
         scene_state.change(sync_board, [scene_state, board_shown], [*board_outputs, board_shown],
                           api_visibility="private", show_progress="hidden", trigger_mode="always_last")

@@ -8,6 +8,7 @@ while the UI keeps answering -> logs -> stopping supervisord leaves no process b
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,7 +50,7 @@ class Appliance:
 
 
 @pytest.fixture(scope="module")
-def appliance(tmp_path_factory: pytest.TempPathFactory, ops_cache: Path) -> Iterator[Appliance]:
+def appliance(ops_cache: Path) -> Iterator[Appliance]:
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="c3d-sv-"))  # short: the unix socket path must stay < 108 bytes
@@ -71,6 +72,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory, ops_cache: Path) -> Iter
             kill_tree(process.pid)
             process.wait(timeout=30)
         out.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_all_programs_reach_running_and_ready(appliance: Appliance) -> None:
@@ -84,6 +86,9 @@ def test_all_programs_reach_running_and_ready(appliance: Appliance) -> None:
     states = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()}
     assert states == dict.fromkeys([*PROGRAMS, "log-stream"], "RUNNING")
     assert appliance.process.poll() is None, "start.sh must exec supervisord in the foreground"
+    health = subprocess.run([sys.executable, "scripts/healthcheck.py"], cwd=ROOT, env=appliance.env,
+                            capture_output=True, text=True, timeout=60)
+    assert health.returncode == 0, health.stdout + health.stderr  # the Docker HEALTHCHECK's verdict
 
 
 def test_killed_3d_service_comes_back_while_ui_answers(appliance: Appliance) -> None:

@@ -243,6 +243,8 @@ def test_install_writes_env_with_token_from_environment_never_a_placeholder(tmp_
 def test_install_asks_for_the_token_in_a_terminal_without_echoing_it(tmp_path: Path) -> None:
     import pty
     import select
+    import termios
+    import time
 
     for name in ("install.sh", ".env.example"):
         shutil.copy(ROOT / name, tmp_path / name)
@@ -258,6 +260,10 @@ def test_install_asks_for_the_token_in_a_terminal_without_echoing_it(tmp_path: P
             os.kill(pid, 9)
             pytest.fail(f"install.sh did not ask for the token: {seen!r}")
         seen += os.read(fd, 1024)
+    deadline = time.monotonic() + 30
+    while termios.tcgetattr(fd)[3] & termios.ECHO:  # a person types once the prompt is there and echo is off
+        assert time.monotonic() < deadline, "install.sh asked for the token with echo still on"
+        time.sleep(0.01)
     os.write(fd, b"hf_typed_token\n")
     with contextlib.suppress(OSError):  # EIO once the child has exited
         while chunk := os.read(fd, 1024):

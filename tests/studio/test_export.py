@@ -91,3 +91,12 @@ def test_export_scene_writes_zip_and_glb_inside_the_scene(ws: Workspace) -> None
     zip_path, glb_path = export_scene(scene, ws)
     assert zip_path.parent == glb_path.parent == ws.scene_dir(scene.id) / "exports"
     assert zipfile.is_zipfile(zip_path) and glb_path.read_bytes()[:4] == b"glTF"
+
+
+def test_picked_variant_is_zipped_once(ws: Workspace) -> None:
+    scene = scene_with_models(ws)
+    scene.objects[0].image = scene.objects[0].variants[0]
+    data = build_zip(scene, ws, composed_glb(scene, ws))
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        names = z.namelist()
+    assert len(names) == len(set(names))

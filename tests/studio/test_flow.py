@@ -211,3 +211,21 @@ def test_unreachable_service_gives_a_friendly_message(tmp_path: Path) -> None:
         asyncio.run(moderate())
     assert asyncio.run(health()) == "down"
     assert issubclass(ContentFiltered, ServiceError)
+
+
+def test_lost_3d_service_ends_the_wait_with_a_message(make_ctx: Any, services: Any, tmp_path: Path) -> None:
+    ctx = make_ctx()
+    scene = plan_scene(ctx, services)
+    asyncio.run(collect(board.draw_images(ctx, scene.id)))
+    services[3]["job_polls"] = 10_000
+    ctx.settings.ui_http_timeout_s = 0.3
+
+    async def run() -> None:
+        async for s in board.generate_3d(ctx, scene.id, None, board.job_params(0, 12, 12, 7.5, 3, False)):
+            if all(o.job for o in s.objects):
+                ctx.services.trellis.base_url = "http://127.0.0.1:9"  # the service goes away mid-batch
+                ctx.settings.ui_http_retries = 0
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    final = ctx.workspace.load(scene.id)
+    assert all(o.model_state == "failed" and "Lost contact" in o.model_error for o in final.objects)

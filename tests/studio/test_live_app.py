@@ -87,6 +87,6 @@ def test_edit_updates_the_same_scene_and_reopen_restores_it(client: Client, live
     assert "Updated the plan" in last_text(history)
 
     fresh = Client(live.app, verbose=False)  # another browser session
-    reopened, chat = fresh.predict(first_id, api_name="/open_scene")[:2]
+    reopened, chat = fresh.predict(first_id, api_name="/open_scene")
     assert reopened["id"] == first_id and [m["role"] for m in chat][:2] == ["user", "assistant"]
     assert (live.data_dir / "scenes" / first_id / "scene.json").is_file()

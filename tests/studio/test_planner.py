@@ -146,3 +146,9 @@ def test_edit_messages_carry_the_current_plan() -> None:
 def test_control_characters_from_a_weak_model_are_dropped() -> None:
     plan = parse_plan(plan_text(wire_object(name="Arm\x0bchair\u200b", prompt="a\x07 chair\n\tnice")), 20)
     assert plan.objects[0].name == "Arm chair" and plan.objects[0].prompt == "a chair nice"
+
+
+def test_markdown_in_names_is_shown_literally() -> None:
+    from studio.planner import md_escape
+
+    assert md_escape("**bold** <b>x</b> `c`") == "\\*\\*bold\\*\\* \\<b\\>x\\</b\\> \\`c\\`"

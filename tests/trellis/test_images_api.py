@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 
 import httpx
 import pytest
@@ -90,8 +91,12 @@ def test_generate_images_waits_on_the_shared_worker(make_settings, png_uri: str)
         result: dict[str, httpx.Response] = {}
         caller = threading.Thread(target=lambda: result.update(r=generate(url, {"prompt": "x", "size": "64x64"})))
         caller.start()
-        caller.join(timeout=1.5)
-        assert caller.is_alive() and httpx.get(f"{url}/v1/health/ready").json()["queue_depth"] == 1
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/v1/health/ready").json()["queue_depth"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert caller.is_alive()  # queued behind the 3D job, not run beside it
+        assert httpx.get(f"{url}/v1/health/ready").json()["queue_depth"] == 1
         backend.gate.set()
         caller.join(timeout=30)
         assert result["r"].status_code == 200

@@ -141,12 +141,13 @@ def test_infer_client_gone_cancels_its_queued_job(make_settings, png_uri: str) -
 
 
 def test_job_expires_after_retention(make_settings, png_uri: str) -> None:
-    settings = make_settings(imagegen_model="", job_retention_s=0.3)
+    settings = make_settings(imagegen_model="", job_retention_s=1.0)
     with running(settings) as url:
         job_id = submit(url, {"image": png_uri}).json()["id"]
         wait_job(url, job_id, FINISHED)
         result_dir = settings.data_dir / "jobs" / job_id
-        time.sleep(0.6)
+        assert result_dir.exists()
+        time.sleep(1.5)
         assert httpx.get(f"{url}/v1/jobs/{job_id}/result").status_code == 404
         assert not result_dir.exists()
 

@@ -1,0 +1,63 @@
+"""The app's wiring contract: named API endpoints, one GPU concurrency group, bounded queue, launch settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+import app as studio_app
+from config import Settings
+from studio.cards import GPU
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path_factory.mktemp("data"), ui_queue_size=7,  # type: ignore[call-arg]
+                    ui_max_objects=3, ui_gpu_concurrency=2)
+
+
+@pytest.fixture(scope="module")
+def demo(settings: Settings) -> object:
+    return studio_app.create_app(settings)
+
+
+def test_named_endpoints_drive_a_whole_scene(demo: object) -> None:
+    names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}  # type: ignore[attr-defined]
+    assert {"chat", "generate_images", "generate_3d", "cancel_3d", "export", "scene", "new_scene",
+            "open_scene"} <= names
+
+
+def test_gpu_bound_events_share_one_concurrency_group(demo: object) -> None:
+    fns = list(demo.fns.values())  # type: ignore[attr-defined]
+    gpu_names = {fn.api_name for fn in fns if fn.concurrency_id == GPU}
+    assert {"chat", "generate_images", "generate_3d"} <= gpu_names
+    assert {fn.concurrency_limit for fn in fns if fn.concurrency_id == GPU} == {2}
+    assert all(fn.concurrency_id != GPU for fn in fns if fn.api_name in ("cancel_3d", "export"))
+
+
+def test_queue_is_bounded(demo: object) -> None:
+    assert demo._queue.max_size == 7  # type: ignore[attr-defined]
+
+
+def test_launch_serves_only_the_data_dir_without_history_or_auth(settings: Settings) -> None:
+    kwargs = studio_app.launch_kwargs(settings)
+    assert kwargs["allowed_paths"] == [str(Path(settings.data_dir).resolve())]
+    assert kwargs["run_history"] is False and kwargs["auth"] is None
+    assert (kwargs["server_name"], kwargs["server_port"]) == (settings.gradio_server_name, settings.gradio_server_port)
+
+
+def test_basic_auth_comes_from_settings(settings: Settings) -> None:
+    with_auth = settings.model_copy(update={"ui_auth_user": "ana", "ui_auth_password": SecretStr("s3cret-pass")})
+    assert studio_app.launch_kwargs(with_auth)["auth"] == ("ana", "s3cret-pass")
+
+
+def test_the_ui_process_never_imports_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, app, studio.ui, studio.export; assert 'torch' not in sys.modules, 'torch was imported'"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(studio_app.__file__).parent, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

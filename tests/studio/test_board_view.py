@@ -1,0 +1,71 @@
+"""What the page shows: status header and which actions are enabled, card texts, and board updates that send only
+what changed (so a progress tick never overwrites a prompt the user is typing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from config import Settings
+from studio.cards import board_updates, card_header, model_status, scene_payload
+from studio.clients import Health
+from studio.context import HealthSnapshot, StudioContext
+from studio.status import gates, header_html
+from studio.workspace import ImageRef, JobProgress, Scene, SceneObject
+
+READY = Health("ready", "ready", 0, {"backends": {"imagegen": {"state": "ready", "detail": "ok"}}})
+
+
+def snapshot(llm: Health = READY, trellis: Health = READY) -> HealthSnapshot:
+    return HealthSnapshot(llm, trellis)
+
+
+def scene_with(*objects: SceneObject) -> Scene:
+    return Scene(id="20260101-000000-abcdef", objects=list(objects))
+
+
+def test_header_shows_state_reason_and_queue_depth() -> None:
+    html = header_html(snapshot(llm=Health("loading", "warming up the model"), trellis=Health("ready", "ok", 3)))
+    assert "LLM: loading" in html and "warming up the model" in html
+    assert "3D: ready" in html and "queue 3" in html
+
+
+def test_actions_are_disabled_with_a_reason_until_possible() -> None:
+    waiting = SceneObject(id="obj-00000001", name="a", prompt="p")
+    g = gates(snapshot(llm=Health("down", "not reachable")), scene_with(waiting))
+    assert g.send == (False, "Send (LLM down)")
+    assert g.draw[0] is True and g.all3d[0] is False  # nothing has an image yet
+    assert gates(snapshot(), None).export[0] is False
+
+
+def test_imagegen_off_disables_drawing_and_says_upload() -> None:
+    off = Health("ready", "ready", 0, {"backends": {"imagegen": {"state": "off", "detail": "no image model"}}})
+    g = gates(snapshot(trellis=off), scene_with(SceneObject(id="obj-00000001", name="a", prompt="p")))
+    assert g.draw == (False, "Draw images (text-to-image unavailable)")
+    assert "upload your own images" in header_html(snapshot(trellis=off))
+
+
+def test_card_texts_show_state_error_and_job_progress() -> None:
+    obj = SceneObject(id="obj-00000001", name="Lamp", prompt="p", count=2, state="filtered", error="flagged")
+    assert "×2" in card_header(obj) and "filtered" in card_header(obj) and "flagged" in card_header(obj)
+    obj.model_state, obj.job = "running", JobProgress(id="j", stage="sampling", progress=0.42)
+    assert model_status(obj) == "🧊 3D running — sampling · 42 %"
+    obj.model_state, obj.job = "queued", JobProgress(id="j", queue_position=3)
+    assert "position 3" in model_status(obj)
+
+
+def test_board_updates_send_only_changes(tmp_path: Path) -> None:
+    ctx = StudioContext.from_settings(Settings(_env_file=None, data_dir=tmp_path))  # type: ignore[call-arg]
+    obj = SceneObject(id="obj-00000001", name="Lamp", prompt="a lamp", state="ready",
+                      image=ImageRef(file="images/obj-00000001-1.png", seed=1))
+    data = scene_payload(scene_with(obj))
+    first, shown = board_updates(ctx, data, {}, 2)
+    assert len(first) == 2 * 9
+    assert first[0]["visible"] is True and first[4]["value"] == "a lamp"
+    assert first[9] == gr.skip() or first[9]["visible"] is False  # second slot hidden
+
+    obj.model_state, obj.job = "running", JobProgress(id="j", progress=0.5)
+    again, _ = board_updates(ctx, scene_payload(scene_with(obj)), shown, 2)
+    assert again[4] == gr.skip()  # the prompt is untouched: typing survives progress ticks
+    assert again[2]["value"].count("running") == 1 and again[8]["visible"] is True  # header, cancel button
