@@ -84,6 +84,10 @@ class Engine:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout=30)
+        # Whoever still waits gets an answer instead of hanging until its own timeout.
+        for seq in [*self._waiting, *self._batch.seqs]:
+            if not seq.finished:
+                seq.fail(internal("The server is shutting down."))
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Event], None]) -> str:
         """Queue one sequence; raises QueueFullError when LLM_MAX_QUEUE sequences already wait."""

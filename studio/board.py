@@ -80,7 +80,8 @@ def _apply_image(ctx: StudioContext, scene: Scene, obj: SceneObject, outcome: An
     if isinstance(outcome, ContentFiltered):
         obj.state, obj.error = "filtered", outcome.message
     elif isinstance(outcome, ServiceError):
-        obj.state, obj.error = "failed", outcome.message
+        hint = " Upload your own image instead." if outcome.code == "imagegen_off" else ""
+        obj.state, obj.error = "failed", outcome.message + hint
     else:
         rel = ctx.workspace.write_image(scene.id, obj.id, outcome.seed, outcome.png)
         _set_image(obj, ImageRef(file=rel, seed=outcome.seed))

@@ -19,6 +19,8 @@ import httpx
 from config import Settings
 
 RETRY_STATUSES = (429, 503)
+# 503s that waiting cannot fix (a component switched off by configuration): answered at once, not retried.
+PERMANENT_CODES = {"imagegen_off"}
 ServiceState = Literal["ready", "loading", "down"]
 
 
@@ -50,6 +52,10 @@ def _retry_after(response: httpx.Response, attempt: int, cap: float) -> float:
     except ValueError:
         wait = 2.0**attempt
     return max(0.0, min(wait, cap))
+
+
+def _permanent(response: httpx.Response) -> bool:
+    return _error_message(response)[1] in PERMANENT_CODES
 
 
 def _error_message(response: httpx.Response) -> tuple[str, str | None]:
@@ -99,7 +105,7 @@ class _Service:
                     raise ServiceError(f"The {self.label} is not reachable at {self.base_url}; is it running?") from e
                 await asyncio.sleep(min(2.0**attempt, cap))
                 continue
-            if response.status_code in RETRY_STATUSES and not last:
+            if response.status_code in RETRY_STATUSES and not last and not _permanent(response):
                 await asyncio.sleep(_retry_after(response, attempt, cap))
                 continue
             self._raise_for(response)

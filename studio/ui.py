@@ -59,7 +59,10 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
 
     def restore(saved: str | None) -> tuple[Any, ...]:
         """Page load: reopen this browser's scene from disk, if it still exists."""
-        scene = ws.reopen(saved) if saved and ws.exists(saved) else None
+        try:
+            scene = ws.reopen(saved) if saved and ws.exists(saved) else None
+        except (ValueError, OSError):  # a damaged or newer scene file: start clean, leave the file alone
+            scene = None
         sid = scene.id if scene else None
         return sid, *scene_out(scene), chat_of(scene), scene_choices()
 
@@ -117,10 +120,13 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
         scene = ws.create()  # the previous scene stays on disk and in My scenes
         return scene.id, *scene_out(scene), []
 
-    def open_scene(choice: str | None) -> tuple[Any, ...]:
-        if not choice or not ws.exists(choice):
+    def open_scene(scene_id: str | None) -> tuple[Any, ...]:
+        if not scene_id or not ws.exists(scene_id):
             raise gr.Error("Pick a saved scene first.")
-        scene = ws.reopen(choice)
+        try:
+            scene = ws.reopen(scene_id)
+        except (ValueError, OSError) as e:
+            raise gr.Error(f"That scene cannot be opened: {e}") from None
         return scene.id, *scene_out(scene), chat_of(scene)
 
     async def refresh_status(data: Payload) -> tuple[Any, ...]:

@@ -16,6 +16,7 @@ import pytest
 from nim_llm.errors import APIError
 from nim_llm.structured import GrammarCache
 from nim_llm.tiny import build_tokenizer
+from nim_llm.tools import parse_tool_calls
 from tests.llm.test_chat import PLAN_SCHEMA
 
 SCHEMAS = [
@@ -74,3 +75,27 @@ def test_compile_rejects_when_schema_invalid(grammars: GrammarCache) -> None:
     with pytest.raises(APIError) as err:
         grammars.compile({"type": "no-such-type"}, "response_format.json_schema.schema")
     assert err.value.status == 400 and err.value.param == "response_format.json_schema.schema"
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ('{"name": "get_weather", "parameters": {"city": "Paris"}}', ["get_weather"]),
+        ('<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>', ["get_weather"]),
+        (
+            '[{"name": "get_time", "parameters": {}}, {"name": "get_weather", "parameters": {}}]',
+            ["get_time", "get_weather"],
+        ),
+    ],
+)
+def test_parse_tool_calls_returns_calls_when_text_is_a_call(text: str, names: list[str]) -> None:
+    calls = parse_tool_calls(text, {"get_weather", "get_time"})
+    assert calls is not None and [c.function.name for c in calls] == names
+    assert all(isinstance(json.loads(c.function.arguments), dict) for c in calls)
+
+
+@pytest.mark.parametrize(
+    "text", ["Paris is sunny.", '{"name": "rm_rf", "parameters": {}}', '{"name": "get_weather", "parameters": "x"}']
+)
+def test_parse_tool_calls_returns_none_when_text_is_not_a_known_call(text: str) -> None:
+    assert parse_tool_calls(text, {"get_weather"}) is None

@@ -84,6 +84,8 @@ def fake_trellis(state: dict[str, Any]) -> FastAPI:
     async def images(request: Request) -> Any:
         body = await request.json()
         state.setdefault("log", []).append(body)
+        if state.get("imagegen_off"):
+            return error(503, "text-to-image is off (no IMAGEGEN_MODEL)", "imagegen_off", retry_after=5)
         if any(w in body["prompt"] for w in state.get("flag", [])):
             return error(400, "the prompt was flagged by the safety classifier", "content_filtered")
         seeds = [body["seed"] + i for i in range(body["n"])]

@@ -33,7 +33,7 @@ def services() -> Iterator[tuple[str, str, dict[str, Any], dict[str, Any]]]:
 def make_ctx(services: tuple[str, str, dict, dict], tmp_path: Path) -> Any:
     llm, trellis, llm_state, trellis_state = services
     llm_state.update(plans=[], busy=0, log=[])
-    trellis_state.update(flag=[], job_polls=2, log=[])
+    trellis_state.update(flag=[], job_polls=2, log=[], imagegen_off=False)
 
     def make() -> StudioContext:
         settings = Settings(_env_file=None, llm_base_url=llm + "/v1", trellis_base_url=trellis,  # type: ignore[call-arg]
@@ -229,3 +229,18 @@ def test_lost_3d_service_ends_the_wait_with_a_message(make_ctx: Any, services: A
     asyncio.run(asyncio.wait_for(run(), 30))
     final = ctx.workspace.load(scene.id)
     assert all(o.model_state == "failed" and "Lost contact" in o.model_error for o in final.objects)
+
+
+def test_imagegen_off_fails_cards_at_once_with_the_reason(make_ctx: Any, services: Any) -> None:
+    ctx = make_ctx()
+    scene = plan_scene(ctx, services)
+    services[3]["imagegen_off"] = True
+
+    async def timed() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await collect(board.draw_images(ctx, scene.id))
+        return loop.time() - start
+
+    assert asyncio.run(timed()) < 2.0  # not retried: Retry-After 5 s would make this slow
+    assert all(o.state == "failed" and "text-to-image is off" in o.error for o in ctx.workspace.load(scene.id).objects)
