@@ -17,7 +17,7 @@ import gradio as gr
 
 from config import Settings, get_settings
 from studio.context import StudioContext
-from studio.ui import CSS, TITLE, build_ui
+from studio.ui import CSS, TITLE, TOOLTIP_JS, build_ui
 
 
 def create_app(settings: Settings) -> gr.Blocks:
@@ -44,6 +44,7 @@ def launch_kwargs(settings: Settings) -> dict[str, object]:
         "pwa": False,
         "mcp_server": False,
         "css": CSS,
+        "js": TOOLTIP_JS,
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import board
+from studio import board, jobs
 from studio.context import StudioContext
 from studio.planner import md_escape
 from studio.workspace import Scene, SceneObject
@@ -220,11 +220,11 @@ def wire_slots(ctx: StudioContext, slots: list[Slot], *, scene_id: gr.State, sce
         return await once(board.upload_image(ctx, sid, oid, path))
 
     async def model(sid: str, oid: str, *p: Any) -> AsyncIterator[SceneOut]:
-        async for value in stream_scene(board.generate_3d(ctx, sid, [oid], board.job_params(*p))):
+        async for value in stream_scene(jobs.generate_3d(ctx, sid, [oid], jobs.job_params(*p))):
             yield value
 
     async def cancel_job(sid: str, oid: str) -> None:
-        await board.cancel_jobs(ctx, sid, oid)
+        await jobs.cancel_jobs(ctx, sid, oid)
         gr.Info("Cancelling the 3D job…")
 
     def select(oid: str) -> Any:

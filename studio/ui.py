@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import board, cards
+from studio import board, cards, jobs
 from studio.cards import GPU, SceneOut, board_updates, scene_out, stream_scene
 from studio.chat import chat_turn, flatten_history
 from studio.context import StudioContext
@@ -30,6 +30,21 @@ CSS = """
 .card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px; }
 .card-filtered, .card-failed { border-color: #cf222e; }
 #status-header { font-size: 0.95em; padding: 4px 0; }
+"""
+# Gradio buttons have no tooltip option: a disabled button whose label ends in "(reason)" gets that reason as its
+# tooltip, kept current as the status header re-labels buttons.
+TOOLTIP_JS = """
+() => {
+  const tip = () => document.querySelectorAll("button").forEach((b) => {
+    const reason = b.disabled ? (b.textContent.trim().match(/\\(([^)]+)\\)$/) || [])[1] : undefined;
+    if (reason && b.title !== reason) b.title = reason;
+    if (!reason && b.dataset.reasonTip) b.removeAttribute("title");
+    if (reason) b.dataset.reasonTip = "1";
+  });
+  new MutationObserver(tip).observe(document.body,
+    {subtree: true, childList: true, characterData: true, attributes: true, attributeFilter: ["disabled"]});
+  tip();
+}
 """
 NO_SCENE = "There is no scene yet: describe one in the chat first."
 Payload = dict[str, Any] | None
@@ -96,12 +111,12 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
         """Every card with an image and no model yet; named parameters so API clients can pass them by name."""
         sid = require(sid)
         yield scene_out(ws.load(sid))
-        params = board.job_params(int(seed or 0), int(ss_steps), int(slat_steps), ss_cfg, slat_cfg, no_texture)
-        async for value in stream_scene(board.generate_3d(ctx, sid, None, params)):
+        params = jobs.job_params(int(seed or 0), int(ss_steps), int(slat_steps), ss_cfg, slat_cfg, no_texture)
+        async for value in stream_scene(jobs.generate_3d(ctx, sid, None, params)):
             yield value
 
     async def cancel_batch(sid: str | None) -> None:
-        await board.cancel_jobs(ctx, require(sid))
+        await jobs.cancel_jobs(ctx, require(sid))
         gr.Info("Cancelling the 3D jobs of this scene…")
 
     async def export(sid: str | None) -> tuple[str, str]:

@@ -45,6 +45,7 @@ def test_launch_serves_only_the_data_dir_without_history_or_auth(settings: Setti
     kwargs = studio_app.launch_kwargs(settings)
     assert kwargs["allowed_paths"] == [str(Path(settings.data_dir).resolve())]
     assert kwargs["run_history"] is False and kwargs["auth"] is None
+    assert "title" in str(kwargs["js"])  # disabled buttons get their reason as a tooltip
     assert (kwargs["server_name"], kwargs["server_port"]) == (settings.gradio_server_name, settings.gradio_server_port)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from config import Settings
-from studio import board
+from studio import board, jobs
 from studio.chat import chat_turn, flatten_history
 from studio.clients import ContentFiltered, ServiceError
 from studio.context import StudioContext
@@ -157,16 +157,16 @@ def test_generate_3d_reports_progress_and_saves_glbs_with_params(make_ctx: Any, 
     ctx = make_ctx()
     scene = plan_scene(ctx, services)
     asyncio.run(collect(board.draw_images(ctx, scene.id)))
-    params = board.job_params(7, 20, 25, 5.0, 2.0, True)
-    snapshots = asyncio.run(collect(board.generate_3d(ctx, scene.id, None, params)))
+    params = jobs.job_params(7, 20, 25, 5.0, 2.0, True)
+    snapshots = asyncio.run(collect(jobs.generate_3d(ctx, scene.id, None, params)))
     assert any(o.model_state == "running" and o.job and o.job.progress == 0.5 for s in snapshots for o in s.objects)
     final = ctx.workspace.load(scene.id)
     for obj in final.objects:
         assert obj.model_state == "ready" and obj.model and obj.model.seed == 7 and obj.model.backend == "fake"
         assert ctx.workspace.path(scene.id, obj.model.file).read_bytes()[:4] == b"glTF"
-    jobs = services_jobs(services)
-    assert len(jobs) == 2
-    assert all(j["body"]["ss_sampling_steps"] == 20 and j["body"]["no_texture"] is True for j in jobs)
+    submitted = services_jobs(services)
+    assert len(submitted) == 2
+    assert all(j["body"]["ss_sampling_steps"] == 20 and j["body"]["no_texture"] is True for j in submitted)
 
 
 def services_jobs(services: Any) -> list[dict[str, Any]]:
@@ -180,10 +180,10 @@ def test_cancel_batch_stops_every_job(make_ctx: Any, services: Any) -> None:
     services[3]["job_polls"] = 10_000
 
     async def run() -> None:
-        gen = board.generate_3d(ctx, scene.id, None, board.job_params(0, 12, 12, 7.5, 3, False))
+        gen = jobs.generate_3d(ctx, scene.id, None, jobs.job_params(0, 12, 12, 7.5, 3, False))
         async for s in gen:
             if all(o.job for o in s.objects):
-                await board.cancel_jobs(ctx, scene.id)
+                await jobs.cancel_jobs(ctx, scene.id)
 
     asyncio.run(asyncio.wait_for(run(), 20))
     assert [o.model_state for o in ctx.workspace.load(scene.id).objects] == ["cancelled", "cancelled"]
@@ -221,7 +221,7 @@ def test_lost_3d_service_ends_the_wait_with_a_message(make_ctx: Any, services: A
     ctx.settings.ui_http_timeout_s = 0.3
 
     async def run() -> None:
-        async for s in board.generate_3d(ctx, scene.id, None, board.job_params(0, 12, 12, 7.5, 3, False)):
+        async for s in jobs.generate_3d(ctx, scene.id, None, jobs.job_params(0, 12, 12, 7.5, 3, False)):
             if all(o.job for o in s.objects):
                 ctx.services.trellis.base_url = "http://127.0.0.1:9"  # the service goes away mid-batch
                 ctx.settings.ui_http_retries = 0
