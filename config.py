@@ -14,7 +14,7 @@ model id, path, limit and timeout lives here; modules never hold their own magic
 Model ids are a Hugging Face hub id, a local folder, or one of the `builtin:` names below, which the services
 build or find locally without any download.
 
-Run `python config.py --check` to validate the environment, `--markdown` for the README table and
+Run `python config.py --check` to validate the environment, `--readme` to refresh the README's settings table and
 `--env-example` to regenerate `.env.example`.
 """
 
@@ -103,11 +103,13 @@ class Settings(BaseSettings):
     profile: Profile = Field(
         "cpu",
         validation_alias=AliasChoices("CHAT3D_PROFILE", "profile"),
-        **_desc("Which defaults to use: `gpu` (real models, CUDA), `cpu` (small real LLM, relief 3D), "
-                "`tiny` (random tiny models for tests). Env name: CHAT3D_PROFILE.", "general"),
+        **_desc(
+            "Which defaults to use: `gpu` (real models, CUDA), `cpu` (small real LLM, relief 3D), "
+            "`tiny` (random tiny models for tests). Env name: CHAT3D_PROFILE.",
+            "general",
+        ),
     )
-    data_dir: Path = Field(ROOT / "data", **_desc("Where scenes, images, models and job results are kept.",
-                                                  "general"))
+    data_dir: Path = Field(ROOT / "data", **_desc("Where scenes, images, models and job results are kept.", "general"))
     log_dir: Path = Field(ROOT / "logs", **_desc("Where each program writes its logs.", "general"))
     cache_dir: Path = Field(
         ROOT / "data" / "cache",
@@ -116,8 +118,9 @@ class Settings(BaseSettings):
     hf_token: SecretStr | None = Field(
         None, **_desc("Hugging Face token; needed for gated models such as Llama-3.1-8B-Instruct.", "general")
     )
-    hf_hub_offline: bool = Field(False, **_desc("Never contact the Hugging Face hub; load local files only.",
-                                                "general"))
+    hf_hub_offline: bool = Field(
+        False, **_desc("Never contact the Hugging Face hub; load local files only.", "general")
+    )
     api_key: SecretStr | None = Field(
         None, **_desc("When set, both services require `Authorization: Bearer <API_KEY>`.", "general")
     )
@@ -132,10 +135,10 @@ class Settings(BaseSettings):
     llm_model: str | None = Field(
         None, **_desc("Hub id, local folder, GGUF file or builtin name of the LLM (default by profile).", "llm")
     )
-    llm_gguf_file: str | None = Field(None, **_desc("GGUF file name inside LLM_MODEL, when it is a GGUF repo.",
-                                                    "llm"))
-    llm_served_name: str = Field("meta/llama-3.1-8b-instruct",
-                                 **_desc("Model name the API reports and accepts.", "llm"))
+    llm_gguf_file: str | None = Field(None, **_desc("GGUF file name inside LLM_MODEL, when it is a GGUF repo.", "llm"))
+    llm_served_name: str = Field(
+        "meta/llama-3.1-8b-instruct", **_desc("Model name the API reports and accepts.", "llm")
+    )
     llm_device: str | None = Field(None, **_desc("`cuda`, `cuda:N` or `cpu` (default by profile).", "llm"))
     llm_dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
         None, **_desc("Weight dtype (default bf16 on GPU, fp32 on CPU).", "llm")
@@ -144,9 +147,7 @@ class Settings(BaseSettings):
         None, ge=1, le=1024, **_desc("Most sequences decoded together in one step.", "llm")
     )
     llm_max_queue: int = Field(256, ge=1, **_desc("Most requests waiting for a batch slot; more get 429.", "llm"))
-    llm_max_context: int | None = Field(
-        None, ge=64, **_desc("Context length limit (default: the model's own).", "llm")
-    )
+    llm_max_context: int | None = Field(None, ge=64, **_desc("Context length limit (default: the model's own).", "llm"))
     llm_default_max_tokens: int = Field(1024, ge=1, **_desc("max_tokens when a request gives none.", "llm"))
     llm_max_request_bytes: int = Field(2_000_000, ge=1024, **_desc("Largest request body accepted.", "llm"))
     llm_request_timeout_s: float = Field(300.0, gt=0, **_desc("Per-request generation time limit.", "llm"))
@@ -162,8 +163,13 @@ class Settings(BaseSettings):
         64, ge=1, **_desc("Compiled response_format grammars kept in memory (least recently used dropped).", "llm")
     )
     llm_cpu_threads: int | None = Field(
-        None, ge=1, **_desc("Torch threads when the LLM runs on CPU (default: half the cores, at least 1, because "
-                            "the UI and 3D service share the CPU and oversubscribed threads stall).", "llm")
+        None,
+        ge=1,
+        **_desc(
+            "Torch threads when the LLM runs on CPU (default: half the cores, at least 1, because "
+            "the UI and 3D service share the CPU and oversubscribed threads stall).",
+            "llm",
+        ),
     )
     llm_disconnect_poll_s: float = Field(
         0.2, gt=0, **_desc("How often a non-streaming request checks whether its client went away.", "llm")
@@ -181,14 +187,16 @@ class Settings(BaseSettings):
     backend_3d: Literal["trellis", "relief"] | None = Field(
         None, **_desc("Image-to-3D backend: `trellis` (GPU) or `relief` (CPU, no model).", "3d")
     )
-    trellis_image_model: str = Field("microsoft/TRELLIS-image-large",
-                                     **_desc("TRELLIS image-to-3D model (hub id or folder).", "3d"))
+    trellis_image_model: str = Field(
+        "microsoft/TRELLIS-image-large", **_desc("TRELLIS image-to-3D model (hub id or folder).", "3d")
+    )
     trellis_text_model: str = Field(
         "", **_desc("TRELLIS text-to-3D model; empty = text -> image -> 3D through the image model.", "3d")
     )
     trellis_attn_backend: str = Field("sdpa", **_desc("TRELLIS ATTN_BACKEND (flash_attn, xformers, sdpa).", "3d"))
-    trellis_sparse_attn_backend: str = Field("xformers",
-                                             **_desc("TRELLIS SPARSE_ATTN_BACKEND (xformers, flash_attn).", "3d"))
+    trellis_sparse_attn_backend: str = Field(
+        "xformers", **_desc("TRELLIS SPARSE_ATTN_BACKEND (xformers, flash_attn).", "3d")
+    )
     trellis_spconv_algo: str = Field("native", **_desc("SPCONV_ALGO; `native` avoids slow autotuning.", "3d"))
     texture_size: int = Field(1024, ge=256, le=4096, **_desc("Texture size baked into GLBs.", "3d"))
     mesh_simplify: float = Field(0.95, ge=0.0, lt=1.0, **_desc("Share of triangles removed before baking.", "3d"))
@@ -200,8 +208,7 @@ class Settings(BaseSettings):
     imagegen_steps: int = Field(2, ge=1, le=50, **_desc("Default text-to-image steps.", "3d"))
     safety_prompt_model: str | None = Field(None, **_desc("Prompt classifier (empty = off).", "safety"))
     safety_image_model: str | None = Field(None, **_desc("Image classifier (empty = off).", "safety"))
-    safety_threshold: float = Field(0.9, ge=0.0, le=1.0, **_desc("Score above which content is blocked.",
-                                                                 "safety"))
+    safety_threshold: float = Field(0.9, ge=0.0, le=1.0, **_desc("Score above which content is blocked.", "safety"))
     safety_fail_closed: bool | None = Field(
         None, **_desc("When a safety model cannot load: refuse work (true) or allow with a warning.", "safety")
     )
@@ -216,8 +223,13 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(1000, ge=1, **_desc("Longest image or 3D prompt.", "3d"))
     trellis_retry_after_s: int = Field(5, ge=1, **_desc("Retry-After seconds sent with 429 and 503.", "3d"))
     trellis_disconnect_poll_s: float = Field(
-        0.5, gt=0, **_desc("How often a waiting /v1/infer or image request checks that its client is still there; "
-                           "a client that left has its queued job cancelled.", "3d")
+        0.5,
+        gt=0,
+        **_desc(
+            "How often a waiting /v1/infer or image request checks that its client is still there; "
+            "a client that left has its queued job cancelled.",
+            "3d",
+        ),
     )
     trellis_ss_steps: int = Field(12, ge=10, le=50, **_desc("Default sparse-structure sampling steps.", "3d"))
     trellis_slat_steps: int = Field(12, ge=10, le=50, **_desc("Default structured-latent sampling steps.", "3d"))
@@ -233,8 +245,14 @@ class Settings(BaseSettings):
         0.01, gt=0.0, le=0.2, **_desc("Relief backend: rim half-thickness, as a share of the model's width.", "3d")
     )
     relief_bg_tolerance: float = Field(
-        0.12, gt=0.0, lt=1.0, **_desc("Relief backend: colour distance (0-1) from the border colour that "
-                                      "counts as foreground when the image has no alpha.", "3d")
+        0.12,
+        gt=0.0,
+        lt=1.0,
+        **_desc(
+            "Relief backend: colour distance (0-1) from the border colour that "
+            "counts as foreground when the image has no alpha.",
+            "3d",
+        ),
     )
 
     # --- UI ------------------------------------------------------------------------------------------------
@@ -245,14 +263,11 @@ class Settings(BaseSettings):
     ui_queue_size: int = Field(64, ge=1, **_desc("Most UI events waiting in Gradio's queue.", "ui"))
     ui_http_timeout_s: float = Field(60.0, gt=0, **_desc("Timeout of one UI call to a service.", "ui"))
     ui_max_objects: int = Field(20, ge=1, le=20, **_desc("Most objects in a scene plan.", "ui"))
-    ui_http_retries: int = Field(3, ge=0, le=10, **_desc("Retries of a UI call answered 429/503 or unreachable.",
-                                                         "ui"))
+    ui_http_retries: int = Field(3, ge=0, le=10, **_desc("Retries of a UI call answered 429/503 or unreachable.", "ui"))
     ui_retry_max_wait_s: float = Field(30.0, gt=0, **_desc("Longest Retry-After wait the UI honours.", "ui"))
-    ui_status_interval_s: float = Field(5.0, gt=0, **_desc("How often the status header polls the services.",
-                                                           "ui"))
+    ui_status_interval_s: float = Field(5.0, gt=0, **_desc("How often the status header polls the services.", "ui"))
     ui_job_poll_s: float = Field(0.5, gt=0, **_desc("How often the UI polls a running 3D job.", "ui"))
-    ui_gpu_concurrency: int = Field(4, ge=1, **_desc("Most GPU-bound UI events running at once (all users).",
-                                                     "ui"))
+    ui_gpu_concurrency: int = Field(4, ge=1, **_desc("Most GPU-bound UI events running at once (all users).", "ui"))
     ui_image_concurrency: int = Field(2, ge=1, **_desc("Image requests one board sends at once.", "ui"))
     ui_chat_max_tokens: int = Field(512, ge=16, **_desc("Longest chat answer, in tokens.", "ui"))
     ui_plan_max_tokens: int = Field(4096, ge=64, **_desc("Token budget of one scene-plan call.", "ui"))
@@ -260,23 +275,38 @@ class Settings(BaseSettings):
     ui_history_turns: int = Field(12, ge=1, **_desc("Chat messages sent to the LLM as context.", "ui"))
 
     # --- operations (start.sh, supervisord, install.sh, docker-compose) -----------------------------------
-    run_dir: Path = Field(ROOT / "data" / "run",
-                          **_desc("Where supervisord keeps its control socket and pid file.", "ops"))
+    run_dir: Path = Field(
+        ROOT / "data" / "run", **_desc("Where supervisord keeps its control socket and pid file.", "ops")
+    )
     hf_home: Path | None = Field(
-        None, **_desc("Hugging Face cache for downloaded models (library default ~/.cache/huggingface; "
-                      "/cache/huggingface in Docker).", "ops")
+        None,
+        **_desc(
+            "Hugging Face cache for downloaded models (library default ~/.cache/huggingface; "
+            "/cache/huggingface in Docker).",
+            "ops",
+        ),
     )
     torch_home: Path | None = Field(
-        None, **_desc("PyTorch hub cache; holds DINOv2 for TRELLIS (library default ~/.cache/torch; "
-                      "/cache/torch in Docker).", "ops")
+        None,
+        **_desc(
+            "PyTorch hub cache; holds DINOv2 for TRELLIS (library default ~/.cache/torch; /cache/torch in Docker).",
+            "ops",
+        ),
     )
     fetch_models: bool = Field(
-        True, **_desc("start.sh downloads or verifies the model files before starting the programs "
-                      "(false: use what is on disk).", "ops")
+        True,
+        **_desc(
+            "start.sh downloads or verifies the model files before starting the programs (false: use what is on disk).",
+            "ops",
+        ),
     )
     cuda_visible_devices: str | None = Field(
-        None, **_desc("GPU selection: which GPUs the services may use, e.g. `0` or `0,1`; leave it unset for "
-                      "all GPUs (an empty value hides every GPU).", "ops")
+        None,
+        **_desc(
+            "GPU selection: which GPUs the services may use, e.g. `0` or `0,1`; leave it unset for "
+            "all GPUs (an empty value hides every GPU).",
+            "ops",
+        ),
     )
     published_port: int = Field(
         7860, ge=1, le=65535, **_desc("Host port on which docker-compose publishes the UI (Docker mode).", "ops")
@@ -358,9 +388,24 @@ def render_markdown() -> str:
     return "\n".join(out) + "\n"
 
 
+README_START = "<!-- settings:start (generated by `python config.py --readme`) -->"
+README_END = "<!-- settings:end -->"
+
+
+def render_readme(readme: str) -> str:
+    """README text with the settings table between its markers replaced by the current one."""
+    head, found, rest = readme.partition(README_START)
+    _, found_end, tail = rest.partition(README_END)
+    if not (found and found_end):
+        raise ValueError(f"README has no {README_START} ... {README_END} block")
+    return f"{head}{README_START}\n{render_markdown()}{README_END}{tail}"
+
+
 def render_env_example() -> str:
-    out = ["# Settings of the chat-to-3D appliance. Copy to .env and edit; unset lines keep their defaults.",
-           "# Generated by `python config.py --env-example`; tests check it matches config.py."]
+    out = [
+        "# Settings of the chat-to-3D appliance. Copy to .env and edit; unset lines keep their defaults.",
+        "# Generated by `python config.py --env-example`; tests check it matches config.py.",
+    ]
     group = None
     for g, env, default, desc in settings_rows():
         if g != group:
@@ -375,6 +420,9 @@ if __name__ == "__main__":
     arg = sys.argv[1] if len(sys.argv) > 1 else "--check"
     if arg == "--markdown":
         print(render_markdown(), end="")
+    elif arg == "--readme":
+        readme = ROOT / "README.md"
+        readme.write_text(render_readme(readme.read_text()))
     elif arg == "--env-example":
         print(render_env_example(), end="")
     else:

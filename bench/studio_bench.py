@@ -58,8 +58,14 @@ def summary(values: list[float]) -> dict[str, float]:
         return {}
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"n": len(values), "mean_s": round(statistics.fmean(values), 4), "p50_s": round(pick(0.5), 4),
-            "p90_s": round(pick(0.9), 4), "min_s": round(ordered[0], 4), "max_s": round(ordered[-1], 4)}
+    return {
+        "n": len(values),
+        "mean_s": round(statistics.fmean(values), 4),
+        "p50_s": round(pick(0.5), 4),
+        "p90_s": round(pick(0.9), 4),
+        "min_s": round(ordered[0], 4),
+        "max_s": round(ordered[-1], 4),
+    }
 
 
 def stage_sums(client: httpx.Client) -> dict[str, tuple[float, float]]:
@@ -124,8 +130,12 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     body: dict[str, Any] = {"output_format": args.output_format, "no_texture": args.no_texture, "seed": 1}
     body.update({"prompt": args.prompt} if args.prompt else {"image": data_uri(test_image(args.size))})
-    result: dict[str, Any] = {"url": args.url, "input": args.prompt or f"{args.size}x{args.size} RGBA PNG",
-                              "output_format": args.output_format, "no_texture": args.no_texture}
+    result: dict[str, Any] = {
+        "url": args.url,
+        "input": args.prompt or f"{args.size}x{args.size} RGBA PNG",
+        "output_format": args.output_format,
+        "no_texture": args.no_texture,
+    }
     with httpx.Client(base_url=args.url, headers=headers, timeout=args.timeout) as client:
         ready = client.get("/v1/health/ready")
         result["ready"] = ready.json() if ready.headers.get("content-type", "").startswith("application/json") else {}
@@ -138,8 +148,10 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
                 lat = list(pool.map(lambda _: run_infer(client, body), range(n)))
             wall = time.perf_counter() - t0
             result.setdefault("infer", {})[str(conc)] = {
-                **summary(lat), "throughput_per_s": round(n / wall, 3), "server_stage_mean_s": stage_delta(
-                    before, stage_sums(client))}
+                **summary(lat),
+                "throughput_per_s": round(n / wall, 3),
+                "server_stage_mean_s": stage_delta(before, stage_sums(client)),
+            }
             if args.no_jobs:
                 continue
             before = stage_sums(client)
@@ -152,8 +164,9 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
                 "end_to_end": summary([j["total"] for j in jobs]),
                 "submit_to_start": summary([j["wait"] for j in jobs]),
                 "throughput_per_s": round(n / wall, 3),
-                "client_stage_mean_s": {s: round(statistics.fmean(j["stages"].get(s, 0.0) for j in jobs), 4)
-                                        for s in names},
+                "client_stage_mean_s": {
+                    s: round(statistics.fmean(j["stages"].get(s, 0.0) for j in jobs), 4) for s in names
+                },
                 "server_stage_mean_s": stage_delta(before, stage_sums(client)),
             }
     return result
@@ -174,8 +187,15 @@ def bench_local(args: argparse.Namespace) -> dict[str, Any]:
 
     backend = ReliefBackend(Settings(_env_file=None))
     image = test_image(args.size)
-    params = MeshParams(seed=1, ss_steps=12, slat_steps=12, ss_cfg=7.5, slat_cfg=3.0, no_texture=args.no_texture,
-                        output_format=args.output_format)
+    params = MeshParams(
+        seed=1,
+        ss_steps=12,
+        slat_steps=12,
+        ss_cfg=7.5,
+        slat_cfg=3.0,
+        no_texture=args.no_texture,
+        output_format=args.output_format,
+    )
     backend.image_to_mesh(image, params, Stages())  # warm-up (imports, caches)
     totals: list[float] = []
     per_stage: dict[str, list[float]] = {}
@@ -189,11 +209,18 @@ def bench_local(args: argparse.Namespace) -> dict[str, Any]:
         marks = [*rec.marks, ("end", end)]
         for (name, t), (_, t_next) in itertools.pairwise(marks):
             per_stage.setdefault(name, []).append(t_next - t)
-    return {"mode": "local relief", "input": f"{args.size}x{args.size} RGBA", "cpus": len(os.sched_getaffinity(0)),
-            "output_format": args.output_format, "no_texture": args.no_texture, "bytes": size,
-            "end_to_end": summary(totals), "stage_mean_s": {k: round(statistics.fmean(v), 4)
-                                                           for k, v in per_stage.items()},
-            "target_s": RELIEF_TARGET_S, "meets_target": statistics.median(totals) <= RELIEF_TARGET_S}
+    return {
+        "mode": "local relief",
+        "input": f"{args.size}x{args.size} RGBA",
+        "cpus": len(os.sched_getaffinity(0)),
+        "output_format": args.output_format,
+        "no_texture": args.no_texture,
+        "bytes": size,
+        "end_to_end": summary(totals),
+        "stage_mean_s": {k: round(statistics.fmean(v), 4) for k, v in per_stage.items()},
+        "target_s": RELIEF_TARGET_S,
+        "meets_target": statistics.median(totals) <= RELIEF_TARGET_S,
+    }
 
 
 def main() -> None:

@@ -50,19 +50,28 @@ def run(url: str, steps: int, no_texture: bool) -> dict[str, Any]:
     plan_s = time.perf_counter() - t0
     if not scene or not scene.get("objects"):
         return {"error": "no plan", "reply": history[-1] if history else None}
-    first_image_s, scene = first_time(client.submit(api_name="/generate_images"), t0,
-                                      lambda s: any(o.get("image") for o in s["objects"]))
+    first_image_s, scene = first_time(
+        client.submit(api_name="/generate_images"), t0, lambda s: any(o.get("image") for o in s["objects"])
+    )
     all_images_s = time.perf_counter() - t0
-    first_glb_s, scene = first_time(client.submit(0, steps, steps, 7.5, 3.0, no_texture, api_name="/generate_3d"),
-                                    t0, lambda s: any(o.get("model") for o in s["objects"]))
+    first_glb_s, scene = first_time(
+        client.submit(0, steps, steps, 7.5, 3.0, no_texture, api_name="/generate_3d"),
+        t0,
+        lambda s: any(o.get("model") for o in s["objects"]),
+    )
     all_glbs_s = time.perf_counter() - t0
     objects = scene["objects"] if scene else []
     return {
-        "url": url, "objects": len(objects), "images": sum(bool(o.get("image")) for o in objects),
+        "url": url,
+        "objects": len(objects),
+        "images": sum(bool(o.get("image")) for o in objects),
         "glbs": sum(bool(o.get("model")) for o in objects),
         "backends": sorted({o["model"]["backend"] for o in objects if o.get("model")}),
-        "plan_s": round(plan_s, 3), "first_image_s": _r(first_image_s), "all_images_s": round(all_images_s, 3),
-        "first_glb_s": _r(first_glb_s), "all_glbs_s": round(all_glbs_s, 3),
+        "plan_s": round(plan_s, 3),
+        "first_image_s": _r(first_image_s),
+        "all_images_s": round(all_images_s, 3),
+        "first_glb_s": _r(first_glb_s),
+        "all_glbs_s": round(all_glbs_s, 3),
     }
 
 
@@ -74,8 +83,10 @@ def _r(value: float | None) -> float | None:
 def started(profile: str) -> Iterator[str]:
     from tests.studio.live import stack
 
-    with tempfile.TemporaryDirectory(prefix="ui-flow-") as root, \
-            stack(Path(root), Path(root) / "cache", profile, **START_APP_ENV) as s:
+    with (
+        tempfile.TemporaryDirectory(prefix="ui-flow-") as root,
+        stack(Path(root), Path(root) / "cache", profile, **START_APP_ENV) as s,
+    ):
         yield s.app
 
 

@@ -51,8 +51,9 @@ def check_api_key(request: Request) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip(), key.get_secret_value()):
-        raise ServiceError(401, "Missing or wrong API key; send `Authorization: Bearer <API_KEY>`.",
-                           code="invalid_api_key")
+        raise ServiceError(
+            401, "Missing or wrong API key; send `Authorization: Bearer <API_KEY>`.", code="invalid_api_key"
+        )
 
 
 health = APIRouter(prefix="/v1")
@@ -97,13 +98,18 @@ async def job_status(job_id: str, request: Request) -> JobStatus:
 async def job_result(job_id: str, request: Request) -> FileResponse:
     job = service_of(request).queue.get(job_id)
     if job.status != "succeeded" or job.result_path is None:
-        raise ServiceError(409, f"Job {job_id} is {job.status}; a result exists only once it has succeeded.",
-                           code="job_not_finished", param="id")
+        raise ServiceError(
+            409,
+            f"Job {job_id} is {job.status}; a result exists only once it has succeeded.",
+            code="job_not_finished",
+            param="id",
+        )
     if not job.result_path.exists():
         raise ServiceError(404, f"The result of job {job_id} has expired.", code="job_not_found", param="id")
     headers = {"X-Seed": str(job.seed), "X-Backend": job.backend}
-    return FileResponse(job.result_path, media_type=job.media_type, headers=headers,
-                        filename=f"{job.id}.{job.output_format}")
+    return FileResponse(
+        job.result_path, media_type=job.media_type, headers=headers, filename=f"{job.id}.{job.output_format}"
+    )
 
 
 @api.delete("/jobs/{job_id}", response_model=JobStatus)
@@ -180,16 +186,21 @@ class BodyLimit:
         if scope["type"] == "http":
             length = dict(scope.get("headers") or []).get(b"content-length", b"")
             if length.isdigit() and int(length) > self.limit:
-                response = _error_response(ServiceError(
-                    413, f"The request body is {int(length)} bytes; the limit is {self.limit} (from MAX_IMAGE_BYTES).",
-                    code="body_too_large"))
+                response = _error_response(
+                    ServiceError(
+                        413,
+                        f"The request body is {int(length)} bytes; the limit is {self.limit} (from MAX_IMAGE_BYTES).",
+                        code="body_too_large",
+                    )
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings, *, backend: Backend3D | None = None,
-               service: TrellisService | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, *, backend: Backend3D | None = None, service: TrellisService | None = None
+) -> FastAPI:
     """The app; models load in a background thread at start-up, so `/v1/health/live` answers at once."""
 
     @asynccontextmanager

@@ -95,8 +95,9 @@ class JobContext:
 class JobQueue:
     """Job store + bounded FIFO + the single worker thread."""
 
-    def __init__(self, *, max_queued: int, timeout_s: float, retention_s: float, results_dir: Path,
-                 retry_after_s: int) -> None:
+    def __init__(
+        self, *, max_queued: int, timeout_s: float, retention_s: float, results_dir: Path, retry_after_s: int
+    ) -> None:
         self.max_queued, self.timeout_s, self.retention_s = max_queued, timeout_s, retention_s
         self.results_dir, self.retry_after_s = results_dir, retry_after_s
         self.metrics = ServiceMetrics(queue_depth=self.depth)
@@ -122,17 +123,25 @@ class JobQueue:
             self._worker.join(timeout=timeout_s)
 
     # --- client side ---------------------------------------------------------------------------------------
-    def submit(self, kind: str, work: Callable[[JobContext], Any], *, backend: str, output_format: str = "",
-               seed: int | None = None) -> Job:
+    def submit(
+        self,
+        kind: str,
+        work: Callable[[JobContext], Any],
+        *,
+        backend: str,
+        output_format: str = "",
+        seed: int | None = None,
+    ) -> Job:
         self.purge_expired()
-        job = Job(id=uuid.uuid4().hex, kind=kind, work=work, backend=backend, output_format=output_format,
-                  seed=seed)
+        job = Job(id=uuid.uuid4().hex, kind=kind, work=work, backend=backend, output_format=output_format, seed=seed)
         with self._cond:
             if len(self._queued) >= self.max_queued:
                 self.metrics.rejected.labels("queue_full").inc()
                 raise ServiceError(
-                    429, f"The work queue is full ({self.max_queued} jobs waiting); retry later.",
-                    code="queue_full", retry_after_s=self.retry_after_s,
+                    429,
+                    f"The work queue is full ({self.max_queued} jobs waiting); retry later.",
+                    code="queue_full",
+                    retry_after_s=self.retry_after_s,
                 )
             self._jobs[job.id] = job
             self._queued.append(job)
@@ -143,8 +152,12 @@ class JobQueue:
         self.purge_expired()
         job = self._jobs.get(job_id)
         if job is None:
-            raise ServiceError(404, f"No job {job_id!r}; it never existed or expired after "
-                                    f"{self.retention_s:g}s (JOB_RETENTION_S).", code="job_not_found", param="id")
+            raise ServiceError(
+                404,
+                f"No job {job_id!r}; it never existed or expired after {self.retention_s:g}s (JOB_RETENTION_S).",
+                code="job_not_found",
+                param="id",
+            )
         return job
 
     def cancel(self, job_id: str) -> Job:
@@ -185,9 +198,17 @@ class JobQueue:
 
     def status(self, job: Job) -> JobStatus:
         return JobStatus(
-            id=job.id, status=job.status, stage=job.stage, progress=round(job.progress, 4),
-            queue_position=self.position(job), error=job.error, seed=job.seed, backend=job.backend,
-            output_format=job.output_format, created=job.created, finished=job.finished,
+            id=job.id,
+            status=job.status,
+            stage=job.stage,
+            progress=round(job.progress, 4),
+            queue_position=self.position(job),
+            error=job.error,
+            seed=job.seed,
+            backend=job.backend,
+            output_format=job.output_format,
+            created=job.created,
+            finished=job.finished,
         )
 
     def purge_expired(self) -> None:

@@ -18,19 +18,29 @@ class ServiceMetrics:
             "trellis_jobs", "Finished jobs by kind and outcome.", ["kind", "outcome"], registry=self.registry
         )
         self.rejected = Counter(
-            "trellis_rejected_requests", "Requests refused before queueing, by reason.", ["reason"],
+            "trellis_rejected_requests",
+            "Requests refused before queueing, by reason.",
+            ["reason"],
             registry=self.registry,
         )
         self.stage_seconds = Histogram(
-            "trellis_stage_duration_seconds", "Time spent in each job stage.", ["stage"],
-            buckets=STAGE_BUCKETS, registry=self.registry,
+            "trellis_stage_duration_seconds",
+            "Time spent in each job stage.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
         )
         self.job_seconds = Histogram(
-            "trellis_job_duration_seconds", "Run time of a job (excluding queue wait), by kind.", ["kind"],
-            buckets=STAGE_BUCKETS, registry=self.registry,
+            "trellis_job_duration_seconds",
+            "Run time of a job (excluding queue wait), by kind.",
+            ["kind"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
         )
         self.wait_seconds = Histogram(
-            "trellis_queue_wait_seconds", "Time a job waited in the queue.", buckets=STAGE_BUCKETS,
+            "trellis_queue_wait_seconds",
+            "Time a job waited in the queue.",
+            buckets=STAGE_BUCKETS,
             registry=self.registry,
         )
 

@@ -24,8 +24,13 @@ def main() -> None:
 
     from nim_trellis.api import create_app
 
-    uvicorn.run(create_app(settings), host=settings.trellis_host, port=settings.trellis_port,
-                log_level=settings.log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.trellis_host,
+        port=settings.trellis_port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )
 
 
 if __name__ == "__main__":

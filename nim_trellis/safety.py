@@ -45,8 +45,10 @@ class Classifier:
         model = settings.safety_prompt_model if kind == "prompt" else settings.safety_image_model
         self.model_id = model or ""
         self.unsafe = {label.strip().lower() for label in settings.safety_unsafe_labels.split(",") if label.strip()}
-        self.health = BackendHealth(state="loading" if self.model_id else "off",
-                                    detail=f"loading {self.model_id}" if self.model_id else "no model configured")
+        self.health = BackendHealth(
+            state="loading" if self.model_id else "off",
+            detail=f"loading {self.model_id}" if self.model_id else "no model configured",
+        )
         self._pipe: Any = None
         self._lock = threading.Lock()
 
@@ -74,8 +76,11 @@ class Classifier:
 
     def _failure_detail(self, err: Exception) -> str:
         what = "prompt" if self.kind == "prompt" else "image"
-        mode = ("refusing work (SAFETY_FAIL_CLOSED=true)" if self.settings.safety_fail_closed
-                else f"WARNING: {what}s are NOT checked (SAFETY_FAIL_CLOSED=false)")
+        mode = (
+            "refusing work (SAFETY_FAIL_CLOSED=true)"
+            if self.settings.safety_fail_closed
+            else f"WARNING: {what}s are NOT checked (SAFETY_FAIL_CLOSED=false)"
+        )
         return f"could not load {self.model_id}: {type(err).__name__}: {err}; {mode}"
 
     def score(self, item: str | Image.Image) -> float:

@@ -72,16 +72,24 @@ class ScaledReporter:
 
 
 class TrellisService:
-    def __init__(self, settings: Settings, *, backend: Backend3D | None = None,
-                 imagegen: SanaImageGenerator | None = None, safety: SafetyGate | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: Backend3D | None = None,
+        imagegen: SanaImageGenerator | None = None,
+        safety: SafetyGate | None = None,
+    ) -> None:
         self.settings = settings
         self.backend = backend or make_backend(settings)
         self.imagegen = imagegen or SanaImageGenerator(settings)
         self.safety = safety or SafetyGate(settings)
         self.backend_health = BackendHealth(state="loading", detail=f"loading {self.backend.name}")
         self.queue = JobQueue(
-            max_queued=settings.jobs_queue_size, timeout_s=settings.job_timeout_s,
-            retention_s=settings.job_retention_s, results_dir=settings.data_dir / "jobs",
+            max_queued=settings.jobs_queue_size,
+            timeout_s=settings.job_timeout_s,
+            retention_s=settings.job_retention_s,
+            results_dir=settings.data_dir / "jobs",
             retry_after_s=settings.trellis_retry_after_s,
         )
         self._loader = threading.Thread(target=self.load_models, name="trellis-loader", daemon=True)
@@ -107,14 +115,19 @@ class TrellisService:
         log.info("model loading finished in %.1fs: %s", time.monotonic() - started, self.components())
 
     def components(self) -> dict[str, BackendHealth]:
-        return {"3d": self.backend_health, "imagegen": self.imagegen.health,
-                "safety_prompt": self.safety.prompt.health, "safety_image": self.safety.image.health}
+        return {
+            "3d": self.backend_health,
+            "imagegen": self.imagegen.health,
+            "safety_prompt": self.safety.prompt.health,
+            "safety_image": self.safety.image.health,
+        }
 
     def health(self) -> HealthResponse:
         parts = self.components()
         fail_open = not self.settings.safety_fail_closed
-        blocking = {name: h for name, h in parts.items()
-                    if h.state == "error" and not (fail_open and name.startswith("safety"))}
+        blocking = {
+            name: h for name, h in parts.items() if h.state == "error" and not (fail_open and name.startswith("safety"))
+        }
         warnings = [f"{name}: {h.detail}" for name, h in parts.items() if h.state == "error" and name not in blocking]
         status: Literal["ready", "loading", "error"]
         if blocking:
@@ -123,8 +136,13 @@ class TrellisService:
             status, message = "loading", "models are loading"
         else:
             status, message = "ready", "ready" + ("" if not warnings else " with warnings: " + "; ".join(warnings))
-        return HealthResponse(status=status, message=message, backends=parts, queue_depth=self.queue.depth(),
-                              profile=self.settings.profile)
+        return HealthResponse(
+            status=status,
+            message=message,
+            backends=parts,
+            queue_depth=self.queue.depth(),
+            profile=self.settings.profile,
+        )
 
     def require(self, *names: str) -> None:
         """503 with Retry-After unless the named components can serve (off components are the caller's concern)."""
@@ -132,11 +150,19 @@ class TrellisService:
         for name in names:
             h = parts[name]
             if h.state == "loading":
-                raise ServiceError(503, f"The {name} model is still loading; retry shortly.", code="not_ready",
-                                   retry_after_s=self.settings.trellis_retry_after_s)
+                raise ServiceError(
+                    503,
+                    f"The {name} model is still loading; retry shortly.",
+                    code="not_ready",
+                    retry_after_s=self.settings.trellis_retry_after_s,
+                )
             if h.state == "error" and not (name.startswith("safety") and not self.settings.safety_fail_closed):
-                raise ServiceError(503, f"The {name} model failed to load: {h.detail}", code="backend_error",
-                                   retry_after_s=self.settings.trellis_retry_after_s)
+                raise ServiceError(
+                    503,
+                    f"The {name} model failed to load: {h.detail}",
+                    code="backend_error",
+                    retry_after_s=self.settings.trellis_retry_after_s,
+                )
 
     # --- 3D ------------------------------------------------------------------------------------------------
     async def submit_3d(self, request: InferRequest) -> Job:
@@ -149,11 +175,20 @@ class TrellisService:
         if task.mode == "text" and not self.backend.supports_text:
             self.require("imagegen")
             if not self.imagegen.enabled:
-                raise ServiceError(503, "Text mode needs a text-to-image model: set IMAGEGEN_MODEL (or "
-                                        "TRELLIS_TEXT_MODEL with BACKEND_3D=trellis), or send an image.",
-                                   code="text_mode_unavailable", param="prompt")
-        return self.queue.submit("3d", lambda ctx: self._run_3d(task, ctx), backend=self.backend.name,
-                                 output_format=task.params.output_format, seed=task.params.seed)
+                raise ServiceError(
+                    503,
+                    "Text mode needs a text-to-image model: set IMAGEGEN_MODEL (or "
+                    "TRELLIS_TEXT_MODEL with BACKEND_3D=trellis), or send an image.",
+                    code="text_mode_unavailable",
+                    param="prompt",
+                )
+        return self.queue.submit(
+            "3d",
+            lambda ctx: self._run_3d(task, ctx),
+            backend=self.backend.name,
+            output_format=task.params.output_format,
+            seed=task.params.seed,
+        )
 
     def _run_3d(self, task: Task3D, ctx: JobContext) -> MeshArtifact:
         params, image = task.params, task.image
@@ -164,8 +199,9 @@ class TrellisService:
                 return self.backend.text_to_mesh(task.prompt, params, ScaledReporter(ctx, 0.02, 1.0))
             ctx.stage("text_to_image", 0.02)
             side = self.settings.imagegen_size or 0
-            image = self.imagegen.generate(task.prompt, n=1, width=side, height=side, seed=params.seed,
-                                           steps=self.settings.imagegen_steps)[0][0]
+            image = self.imagegen.generate(
+                task.prompt, n=1, width=side, height=side, seed=params.seed, steps=self.settings.imagegen_steps
+            )[0][0]
         assert image is not None  # to_task guarantees an image or a prompt
         start = TEXT_STAGE_SHARE if task.mode == "text" else 0.0
         ctx.stage("safety_image", start + 0.01)
@@ -200,12 +236,22 @@ class TrellisService:
                 data, reason = "", ("CONTENT_FILTERED" if job.status == "filtered" else "ERROR")
         finally:
             self.queue.discard(job)
-        return InferResponse(artifacts=[Artifact(base64=data, finishReason=reason, seed=job.seed or 0,
-                                                 backend=job.backend, output_format=job.output_format)])
+        return InferResponse(
+            artifacts=[
+                Artifact(
+                    base64=data,
+                    finishReason=reason,
+                    seed=job.seed or 0,
+                    backend=job.backend,
+                    output_format=job.output_format,
+                )
+            ]
+        )
 
     # --- text-to-image -------------------------------------------------------------------------------------
-    async def generate_images(self, request: ImageGenerationRequest,
-                              is_disconnected: Disconnected | None = None) -> ImageGenerationResponse:
+    async def generate_images(
+        self, request: ImageGenerationRequest, is_disconnected: Disconnected | None = None
+    ) -> ImageGenerationResponse:
         if not self.imagegen.enabled:
             raise ServiceError(503, self.imagegen.health.detail, code="imagegen_off")
         self.require("imagegen", "safety_prompt")
@@ -213,14 +259,16 @@ class TrellisService:
         width, height = parse_size(request.size) if request.size else (side, side)
         decision = await asyncio.to_thread(self._checked_prompt, request.prompt)
         if decision:
-            raise ServiceError(400, "The prompt was classified as unsafe; rephrase it.", code="content_filtered",
-                               param="prompt")
+            raise ServiceError(
+                400, "The prompt was classified as unsafe; rephrase it.", code="content_filtered", param="prompt"
+            )
         seed, steps = resolve_seed(request.seed), request.steps or self.settings.imagegen_steps
 
         def work(ctx: JobContext) -> list[tuple[Image.Image, int]]:
             ctx.stage("text_to_image", 0.1)
-            return self.imagegen.generate(request.prompt, n=request.n, width=width, height=height, seed=seed,
-                                          steps=steps)
+            return self.imagegen.generate(
+                request.prompt, n=request.n, width=width, height=height, seed=seed, steps=steps
+            )
 
         job = self.queue.submit("images", work, backend=self.imagegen.name, seed=seed)
         await self.wait(job, is_disconnected)
@@ -235,8 +283,12 @@ class TrellisService:
         try:
             return self.safety.check_prompt(prompt).flagged
         except SafetyUnavailable as e:
-            raise ServiceError(503, f"Cannot check the prompt: {e}", code="safety_unavailable",
-                               retry_after_s=self.settings.trellis_retry_after_s) from e
+            raise ServiceError(
+                503,
+                f"Cannot check the prompt: {e}",
+                code="safety_unavailable",
+                retry_after_s=self.settings.trellis_retry_after_s,
+            ) from e
 
     # --- moderation ----------------------------------------------------------------------------------------
     async def moderate(self, request: ModerationRequest) -> ModerationResponse:
@@ -245,8 +297,13 @@ class TrellisService:
         results = []
         for text in texts:
             decision = await asyncio.to_thread(self._moderate_one, text)
-            results.append(ModerationResult(flagged=decision[0], categories={MODERATION_CATEGORY: decision[0]},
-                                            category_scores={MODERATION_CATEGORY: decision[1]}))
+            results.append(
+                ModerationResult(
+                    flagged=decision[0],
+                    categories={MODERATION_CATEGORY: decision[0]},
+                    category_scores={MODERATION_CATEGORY: decision[1]},
+                )
+            )
         model = self.safety.prompt.model_id or "off"
         return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=model, results=results)
 
@@ -254,8 +311,12 @@ class TrellisService:
         try:
             d = self.safety.check_prompt(text)
         except SafetyUnavailable as e:
-            raise ServiceError(503, f"Cannot check the text: {e}", code="safety_unavailable",
-                               retry_after_s=self.settings.trellis_retry_after_s) from e
+            raise ServiceError(
+                503,
+                f"Cannot check the text: {e}",
+                code="safety_unavailable",
+                retry_after_s=self.settings.trellis_retry_after_s,
+            ) from e
         return d.flagged, round(d.score, 6)
 
 

@@ -59,13 +59,26 @@ def build_prompt_classifier(dest: Path, force: Force = "safe") -> Path:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
         max_len = 128  # truncation only works when the tokenizer knows its limit
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                       model_max_length=max_len)
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            pad_token="[PAD]",
+            unk_token="[UNK]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+            model_max_length=max_len,
+        )
         torch.manual_seed(0)
-        config = DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=1, n_heads=2, hidden_dim=64,
-                                  max_position_embeddings=max_len, id2label={0: "SFW", 1: "NSFW"},
-                                  label2id={"SFW": 0, "NSFW": 1})
+        config = DistilBertConfig(
+            vocab_size=len(vocab),
+            dim=32,
+            n_layers=1,
+            n_heads=2,
+            hidden_dim=64,
+            max_position_embeddings=max_len,
+            id2label={0: "SFW", 1: "NSFW"},
+            label2id={"SFW": 0, "NSFW": 1},
+        )
         model = DistilBertForSequenceClassification(config)
         _force_head(model.classifier.weight, model.classifier.bias, force)
         model.save_pretrained(path)
@@ -83,9 +96,17 @@ def build_image_classifier(dest: Path, force: Force = "safe") -> Path:
 
         torch.manual_seed(0)
         side = 32
-        config = ViTConfig(image_size=side, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, intermediate_size=64, id2label={0: "normal", 1: "nsfw"},
-                           label2id={"normal": 0, "nsfw": 1})
+        config = ViTConfig(
+            image_size=side,
+            patch_size=8,
+            num_channels=3,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            id2label={0: "normal", 1: "nsfw"},
+            label2id={"normal": 0, "nsfw": 1},
+        )
         model = ViTForImageClassification(config)
         _force_head(model.classifier.weight, model.classifier.bias, force)
         model.save_pretrained(path)
@@ -109,31 +130,58 @@ def build_sana(dest: Path) -> Path:
         torch.manual_seed(0)
         latent, hidden = 4, 8
         transformer = SanaTransformer2DModel(
-            patch_size=1, in_channels=latent, out_channels=latent, num_layers=1, num_attention_heads=2,
-            attention_head_dim=4, num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8,
-            caption_channels=hidden, sample_size=32, qk_norm="rms_norm_across_heads", guidance_embeds=True,
+            patch_size=1,
+            in_channels=latent,
+            out_channels=latent,
+            num_layers=1,
+            num_attention_heads=2,
+            attention_head_dim=4,
+            num_cross_attention_heads=2,
+            cross_attention_head_dim=4,
+            cross_attention_dim=8,
+            caption_channels=hidden,
+            sample_size=32,
+            qk_norm="rms_norm_across_heads",
+            guidance_embeds=True,
         )
         vae = AutoencoderDC(
-            in_channels=3, latent_channels=latent, attention_head_dim=2,
+            in_channels=3,
+            latent_channels=latent,
+            attention_head_dim=2,
             encoder_block_types=("ResBlock", "EfficientViTBlock"),
             decoder_block_types=("ResBlock", "EfficientViTBlock"),
-            encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
-            encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
-            encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), downsample_block_type="conv",
-            upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+            encoder_block_out_channels=(8, 8),
+            decoder_block_out_channels=(8, 8),
+            encoder_qkv_multiscales=((), (5,)),
+            decoder_qkv_multiscales=((), (5,)),
+            encoder_layers_per_block=(1, 1),
+            decoder_layers_per_block=(1, 1),
+            downsample_block_type="conv",
+            upsample_block_type="interpolate",
+            decoder_norm_types="rms_norm",
+            decoder_act_fns="silu",
             scaling_factor=0.41407,
         )
         specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
         vocab = {tok: i for i, tok in enumerate(specials)}
         vocab.update({f"<0x{b:02X}>": len(specials) + b for b in range(256)})  # byte fallback covers any text
         tokenizer = GemmaTokenizer(vocab=vocab, merges=[])
-        text_encoder = Gemma2Model(Gemma2Config(
-            head_dim=16, hidden_size=hidden, intermediate_size=64, max_position_embeddings=8192,
-            num_attention_heads=2, num_hidden_layers=1, num_key_value_heads=2, vocab_size=len(tokenizer),
-            attn_implementation="eager",
-        ))
-        pipe = SanaSprintPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                                  transformer=transformer, scheduler=SCMScheduler())
+        text_encoder = Gemma2Model(
+            Gemma2Config(
+                head_dim=16,
+                hidden_size=hidden,
+                intermediate_size=64,
+                max_position_embeddings=8192,
+                num_attention_heads=2,
+                num_hidden_layers=1,
+                num_key_value_heads=2,
+                vocab_size=len(tokenizer),
+                attn_implementation="eager",
+            )
+        )
+        pipe = SanaSprintPipeline(
+            tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=SCMScheduler()
+        )
         pipe.save_pretrained(path)
 
     return build_once(dest, build)

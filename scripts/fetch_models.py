@@ -30,8 +30,21 @@ DINOV2_REPO = "facebookresearch/dinov2"
 DINOV2_MODEL = "dinov2_vitl14_reg"
 DINOV2_CHECKPOINT = "dinov2_vitl14_reg4_pretrain.pth"
 # Weight formats we never load: skipping them keeps downloads to what transformers/diffusers/TRELLIS read.
-IGNORE_PATTERNS = ["original/*", "*.pth", "*.onnx", "onnx/*", "*.msgpack", "*.h5", "tf_model*", "flax_model*",
-                   "*.ot", "rust_model*", "coreml/*", "openvino/*", "*.tflite"]
+IGNORE_PATTERNS = [
+    "original/*",
+    "*.pth",
+    "*.onnx",
+    "onnx/*",
+    "*.msgpack",
+    "*.h5",
+    "tf_model*",
+    "flax_model*",
+    "*.ot",
+    "rust_model*",
+    "coreml/*",
+    "openvino/*",
+    "*.tflite",
+]
 
 
 @dataclass(frozen=True)
@@ -63,17 +76,27 @@ def classify(model_id: str) -> str:
 
 def needs(s: Settings) -> list[Need]:
     """Every model the active settings use, in start order."""
-    safety = ("the 3D service will not be ready (SAFETY_FAIL_CLOSED)" if s.safety_fail_closed
-              else "that safety check is skipped with a warning (SAFETY_FAIL_CLOSED=false)")
-    out = [Need("LLM_MODEL", str(s.llm_model), "the LLM service will not be ready"),
-           Need("IMAGEGEN_MODEL", str(s.imagegen_model or ""),
-                "text-to-image will be off (the UI still takes uploaded images)")]
+    safety = (
+        "the 3D service will not be ready (SAFETY_FAIL_CLOSED)"
+        if s.safety_fail_closed
+        else "that safety check is skipped with a warning (SAFETY_FAIL_CLOSED=false)"
+    )
+    out = [
+        Need("LLM_MODEL", str(s.llm_model), "the LLM service will not be ready"),
+        Need(
+            "IMAGEGEN_MODEL",
+            str(s.imagegen_model or ""),
+            "text-to-image will be off (the UI still takes uploaded images)",
+        ),
+    ]
     if s.backend_3d == "trellis":
         out.append(Need("TRELLIS_IMAGE_MODEL", s.trellis_image_model, "the 3D service will not be ready"))
         if s.trellis_text_model:
             out.append(Need("TRELLIS_TEXT_MODEL", s.trellis_text_model, "text-to-3D will not be ready"))
-    out += [Need("SAFETY_PROMPT_MODEL", str(s.safety_prompt_model or ""), safety),
-            Need("SAFETY_IMAGE_MODEL", str(s.safety_image_model or ""), safety)]
+    out += [
+        Need("SAFETY_PROMPT_MODEL", str(s.safety_prompt_model or ""), safety),
+        Need("SAFETY_IMAGE_MODEL", str(s.safety_image_model or ""), safety),
+    ]
     return out
 
 
@@ -99,11 +122,19 @@ def fetch_hub(need: Need, s: Settings, online: bool) -> tuple[bool, str]:
 
     allow = [s.llm_gguf_file, "*.json", "tokenizer*"] if need.setting == "LLM_MODEL" and s.llm_gguf_file else None
     try:
-        path = snapshot_download(need.model_id, token=s.token, allow_patterns=allow,
-                                 ignore_patterns=None if allow else IGNORE_PATTERNS, local_files_only=not online)
+        path = snapshot_download(
+            need.model_id,
+            token=s.token,
+            allow_patterns=allow,
+            ignore_patterns=None if allow else IGNORE_PATTERNS,
+            local_files_only=not online,
+        )
     except GatedRepoError:
-        return False, ("gated: accept its licence on huggingface.co and set HF_TOKEN in .env"
-                       if s.token else "gated and HF_TOKEN is empty: set HF_TOKEN in .env (a read token)")
+        return False, (
+            "gated: accept its licence on huggingface.co and set HF_TOKEN in .env"
+            if s.token
+            else "gated and HF_TOKEN is empty: set HF_TOKEN in .env (a read token)"
+        )
     except RepositoryNotFoundError:
         return False, "not found on the hub (check the id; private repositories need HF_TOKEN)"
     except LocalEntryNotFoundError:
@@ -137,8 +168,11 @@ def run(s: Settings, plan_only: bool = False) -> list[tuple[str, bool, str]]:
     trellis = s.backend_3d == "trellis"
     online = False if plan_only else (bool(hub_items) or trellis) and hub_online()
     if not plan_only and (hub_items or trellis) and not online:
-        print("fetch_models: the Hugging Face hub cannot be reached (offline or HF_HUB_OFFLINE=1); "
-              "checking the local cache only.", flush=True)
+        print(
+            "fetch_models: the Hugging Face hub cannot be reached (offline or HF_HUB_OFFLINE=1); "
+            "checking the local cache only.",
+            flush=True,
+        )
     rows = []
     for n in items:
         label = f"{n.setting}={n.model_id or '(empty)'}"

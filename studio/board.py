@@ -60,8 +60,9 @@ async def draw_images(ctx: StudioContext, scene_id: str, object_ids: list[str] |
     async def one(object_id: str, prompt: str) -> tuple[str, str, Any]:
         async with gate:
             try:
-                images = await ctx.services.trellis.generate_images(prompt, n=1, seed=random_seed(),
-                                                                     size=ctx.settings.imagegen_size or 512)
+                images = await ctx.services.trellis.generate_images(
+                    prompt, n=1, seed=random_seed(), size=ctx.settings.imagegen_size or 512
+                )
                 return object_id, prompt, images[0]
             except ServiceError as e:
                 return object_id, prompt, e
@@ -100,8 +101,9 @@ async def make_variants(ctx: StudioContext, scene_id: str, object_id: str, n: in
         _obj(scene, object_id).error = ""
     yield scene
     try:
-        images = await ctx.services.trellis.generate_images(prompt, n=n, seed=random_seed(),
-                                                            size=ctx.settings.imagegen_size or 512)
+        images = await ctx.services.trellis.generate_images(
+            prompt, n=n, seed=random_seed(), size=ctx.settings.imagegen_size or 512
+        )
         outcome: Any = None
     except ServiceError as e:
         images, outcome = [], e

@@ -109,8 +109,10 @@ def slot_props(ctx: StudioContext, scene_id: str, obj: SceneObject | None) -> di
         "header": {"value": card_header(obj)},
         "image": {"value": image},
         "prompt": {"value": obj.prompt},
-        "redraw": {"value": "Retry" if obj.state in ("failed", "filtered") else "New image",
-                   "interactive": obj.state != "generating"},
+        "redraw": {
+            "value": "Retry" if obj.state in ("failed", "filtered") else "New image",
+            "interactive": obj.state != "generating",
+        },
         "gallery": {"value": variants, "visible": bool(variants)},
         "to_3d": {"interactive": obj.image is not None and obj.state == "ready" and not busy},
         "cancel": {"visible": busy},
@@ -150,8 +152,13 @@ def build_slots(count: int) -> list[Slot]:
                 with gr.Column(min_width=240, visible=False, elem_classes=["card"]) as column:
                     oid = gr.Textbox(visible=False)
                     header = gr.Markdown()
-                    image = gr.Image(interactive=False, show_label=False, height=200, type="filepath",
-                                     buttons=["download", "fullscreen"])
+                    image = gr.Image(
+                        interactive=False,
+                        show_label=False,
+                        height=200,
+                        type="filepath",
+                        buttons=["download", "fullscreen"],
+                    )
                     prompt = gr.Textbox(label="Image prompt", lines=2, max_lines=4)
                     with gr.Row():
                         use_prompt = gr.Button("Use prompt", size="sm")
@@ -159,8 +166,9 @@ def build_slots(count: int) -> list[Slot]:
                     with gr.Row():
                         n_variants = gr.Slider(1, board.MAX_VARIANTS, 2, step=1, label="Variants", min_width=100)
                         variants = gr.Button("Draw variants", size="sm")
-                    gallery = gr.Gallery(label="Pick a variant", columns=4, height=110, allow_preview=False,
-                                         visible=False)
+                    gallery = gr.Gallery(
+                        label="Pick a variant", columns=4, height=110, allow_preview=False, visible=False
+                    )
                     with gr.Row():
                         upload = gr.UploadButton("Upload image", file_types=["image"], size="sm")
                         to_3d = gr.Button("→ 3D", size="sm", variant="primary", interactive=False)
@@ -168,13 +176,31 @@ def build_slots(count: int) -> list[Slot]:
                     with gr.Row():
                         show = gr.Button("Preview", size="sm")
                         delete = gr.Button("Delete", size="sm", variant="stop")
-                slots.append(Slot(column, oid, header, image, prompt, use_prompt, redraw, n_variants, variants,
-                                  gallery, upload, to_3d, cancel, show, delete))
+                slots.append(
+                    Slot(
+                        column,
+                        oid,
+                        header,
+                        image,
+                        prompt,
+                        use_prompt,
+                        redraw,
+                        n_variants,
+                        variants,
+                        gallery,
+                        upload,
+                        to_3d,
+                        cancel,
+                        show,
+                        delete,
+                    )
+                )
     return slots
 
 
-def board_updates(ctx: StudioContext, data: dict[str, Any] | None, shown: dict[str, Any] | None,
-                  n_slots: int) -> tuple[list[Any], dict[str, Any]]:
+def board_updates(
+    ctx: StudioContext, data: dict[str, Any] | None, shown: dict[str, Any] | None, n_slots: int
+) -> tuple[list[Any], dict[str, Any]]:
     """Updates for every slot output (skipping what is already on screen) and the new on-screen record."""
     scene = Scene.model_validate(data) if data else None
     objects = scene.objects if scene else []
@@ -197,9 +223,17 @@ def board_updates(ctx: StudioContext, data: dict[str, Any] | None, shown: dict[s
 
 
 # --- card actions ----------------------------------------------------------------------------------------------
-def wire_slots(ctx: StudioContext, slots: list[Slot], *, scene_id: gr.State, scene: list[Any],
-               preview: gr.Dropdown, params: list[Any]) -> None:
+def wire_slots(
+    ctx: StudioContext,
+    slots: list[Slot],
+    *,
+    scene_id: gr.State,
+    scene: list[Any],
+    preview: gr.Dropdown,
+    params: list[Any],
+) -> None:
     """Register every card event once. Each handler gets the object id the slot showed when clicked."""
+
     # The handlers are real `async def`s: Gradio picks how to run a handler (coroutine, generator) from its
     # definition, so a lambda returning a coroutine would not be awaited.
     async def edit(sid: str, oid: str, text: str) -> SceneOut:

@@ -59,22 +59,32 @@ async def decide_intent(ctx: StudioContext, history: list[dict[str, str]], messa
     intent = classify_intent(message, has_plan=has_plan)
     if intent is not None:
         return intent
-    messages = [{"role": "system", "content": INTENT_SYSTEM}, *history[-4:],
-                {"role": "user", "content": f"Current plan exists: {has_plan}. Message: {message}"}]
+    messages = [
+        {"role": "system", "content": INTENT_SYSTEM},
+        *history[-4:],
+        {"role": "user", "content": f"Current plan exists: {has_plan}. Message: {message}"},
+    ]
     raw = await ctx.services.llm.complete_json(messages, INTENT_SCHEMA, "intent", max_tokens=32)
     return parse_intent(raw, has_plan=has_plan)
 
 
-async def request_plan(ctx: StudioContext, history: list[dict[str, str]], message: str,
-                       scene: Scene | None) -> WirePlan:
+async def request_plan(
+    ctx: StudioContext, history: list[dict[str, str]], message: str, scene: Scene | None
+) -> WirePlan:
     """One json_schema call per attempt; a plan that does not validate is asked for again, then reported."""
     max_objects = ctx.settings.ui_max_objects
-    messages = plan_messages(history, message, max_objects=max_objects,
-                             current=scene.objects if scene else None, scene_name=scene.name if scene else "")
+    messages = plan_messages(
+        history,
+        message,
+        max_objects=max_objects,
+        current=scene.objects if scene else None,
+        scene_name=scene.name if scene else "",
+    )
     error: PlanError | None = None
     for _ in range(ctx.settings.ui_plan_attempts):
-        raw = await ctx.services.llm.complete_json(messages, plan_schema(max_objects), "scene_plan",
-                                                   max_tokens=ctx.settings.ui_plan_max_tokens)
+        raw = await ctx.services.llm.complete_json(
+            messages, plan_schema(max_objects), "scene_plan", max_tokens=ctx.settings.ui_plan_max_tokens
+        )
         try:
             return parse_plan(raw, max_objects)
         except PlanError as e:
@@ -93,11 +103,12 @@ async def _target_scene(ctx: StudioContext, scene_id: str | None, intent: Intent
     return ws.create()
 
 
-async def chat_turn(ctx: StudioContext, scene_id: str | None,
-                    history: list[dict[str, str]]) -> AsyncIterator[tuple[str, Scene | None]]:
+async def chat_turn(
+    ctx: StudioContext, scene_id: str | None, history: list[dict[str, str]]
+) -> AsyncIterator[tuple[str, Scene | None]]:
     """`history` ends with the user's new message."""
     message = history[-1]["content"] if history and history[-1]["role"] == "user" else ""
-    context = history[:-1][-ctx.settings.ui_history_turns:]
+    context = history[:-1][-ctx.settings.ui_history_turns :]
     current = ctx.workspace.load(scene_id) if scene_id and ctx.workspace.exists(scene_id) else None
     if not message:
         yield "Please type a message.", current
@@ -113,8 +124,10 @@ async def chat_turn(ctx: StudioContext, scene_id: str | None,
             return
         yield PLANNING_NOTE, current
         if await ctx.services.trellis.moderate(message):
-            yield "I can't make that scene: the safety check flagged the request. Try describing something else.", \
-                current
+            yield (
+                "I can't make that scene: the safety check flagged the request. Try describing something else.",
+                current,
+            )
             return
         plan = await request_plan(ctx, context, message, current if intent is Intent.EDIT else None)
     except PlanError as e:

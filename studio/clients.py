@@ -148,8 +148,9 @@ class LLMClient(_Service):
         timeout = httpx.Timeout(self.settings.ui_http_timeout_s, connect=5.0)
         for attempt in range(self.settings.ui_http_retries + 1):
             try:
-                async with self.http.stream("POST", self.base_url + "/chat/completions", json=body,
-                                            headers=self.headers, timeout=timeout) as r:
+                async with self.http.stream(
+                    "POST", self.base_url + "/chat/completions", json=body, headers=self.headers, timeout=timeout
+                ) as r:
                     if r.status_code in RETRY_STATUSES and attempt < self.settings.ui_http_retries:
                         await asyncio.sleep(_retry_after(r, attempt, self.settings.ui_retry_max_wait_s))
                         continue
@@ -164,8 +165,9 @@ class LLMClient(_Service):
             except httpx.TransportError as e:
                 raise ServiceError(f"The {self.label} is not reachable at {self.base_url}; is it running?") from e
 
-    async def complete_json(self, messages: list[dict[str, str]], schema: dict[str, Any], name: str, *,
-                            max_tokens: int) -> str:
+    async def complete_json(
+        self, messages: list[dict[str, str]], schema: dict[str, Any], name: str, *, max_tokens: int
+    ) -> str:
         """One `json_schema` call; returns the raw content for the caller to validate."""
         fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
         body = self._body(messages, max_tokens=max_tokens, temperature=0.2, response_format=fmt)
@@ -223,8 +225,9 @@ class TrellisClient(_Service):
 
     async def submit_job(self, png: bytes, params: dict[str, Any]) -> dict[str, Any]:
         image = "data:image/png;base64," + base64.b64encode(png).decode()
-        r = await self._send("POST", "/v1/jobs", json={"image": image, **params},
-                             timeout=self.settings.ui_http_timeout_s)
+        r = await self._send(
+            "POST", "/v1/jobs", json={"image": image, **params}, timeout=self.settings.ui_http_timeout_s
+        )
         return dict(r.json())
 
     async def job(self, job_id: str) -> dict[str, Any]:

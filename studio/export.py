@@ -32,18 +32,36 @@ def manifest(scene: Scene, composed: str | None = "scene.glb") -> dict[str, Any]
     """What the ZIP holds and where each object goes; paths are relative to the ZIP root."""
     objects = []
     for o in scene.objects:
-        objects.append({
-            "id": o.id, "name": o.name, "prompt": o.prompt, "count": o.count,
-            "layout": {"position": list(o.layout.position), "size": list(o.layout.size),
-                       "rotation_deg": o.layout.rotation_deg},
-            "image": o.image.model_dump() if o.image else None,
-            "variants": [v.model_dump() for v in o.variants],
-            "model": o.model.model_dump() if o.model else None,
-        })
+        objects.append(
+            {
+                "id": o.id,
+                "name": o.name,
+                "prompt": o.prompt,
+                "count": o.count,
+                "layout": {
+                    "position": list(o.layout.position),
+                    "size": list(o.layout.size),
+                    "rotation_deg": o.layout.rotation_deg,
+                },
+                "image": o.image.model_dump() if o.image else None,
+                "variants": [v.model_dump() for v in o.variants],
+                "model": o.model.model_dump() if o.model else None,
+            }
+        )
     backends = sorted({o.model.backend for o in scene.objects if o.model and o.model.backend})
-    return {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "scene_id": scene.id, "name": scene.name,
-            "request": scene.request, "units": "metres", "axes": "x right, y forward, z up; rotation about z",
-            "backends": backends, "composed": composed, "exported": time.time(), "objects": objects}
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "scene_id": scene.id,
+        "name": scene.name,
+        "request": scene.request,
+        "units": "metres",
+        "axes": "x right, y forward, z up; rotation about z",
+        "backends": backends,
+        "composed": composed,
+        "exported": time.time(),
+        "objects": objects,
+    }
 
 
 # --- composition -----------------------------------------------------------------------------------------------
@@ -87,8 +105,12 @@ def compose(scene: Scene, ws: Workspace) -> trimesh.Scene:
         for i, matrix in enumerate(instance_transforms(obj, bounds[1] - bounds[0], bounds[0])):
             for node in part.graph.nodes_geometry:
                 local, geom_name = part.graph[node]
-                out.add_geometry(part.geometry[geom_name], node_name=f"{obj.id}-{i}-{node}",
-                                 geom_name=f"{obj.id}-{geom_name}", transform=matrix @ local)
+                out.add_geometry(
+                    part.geometry[geom_name],
+                    node_name=f"{obj.id}-{i}-{node}",
+                    geom_name=f"{obj.id}-{geom_name}",
+                    transform=matrix @ local,
+                )
     return out
 
 

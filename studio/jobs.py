@@ -17,12 +17,19 @@ from studio.context import StudioContext
 from studio.workspace import JobProgress, ModelRef, Scene, SceneObject
 
 
-def job_params(seed: int, ss_steps: int, slat_steps: int, ss_cfg: float, slat_cfg: float,
-               no_texture: bool) -> dict[str, Any]:
+def job_params(
+    seed: int, ss_steps: int, slat_steps: int, ss_cfg: float, slat_cfg: float, no_texture: bool
+) -> dict[str, Any]:
     """The 3D settings as the jobs API wants them (seed 0 = let the service choose)."""
-    return {"seed": max(0, int(seed or 0)), "ss_sampling_steps": int(ss_steps), "slat_sampling_steps": int(slat_steps),
-            "ss_cfg_scale": float(ss_cfg), "slat_cfg_scale": float(slat_cfg), "no_texture": bool(no_texture),
-            "output_format": "glb"}
+    return {
+        "seed": max(0, int(seed or 0)),
+        "ss_sampling_steps": int(ss_steps),
+        "slat_sampling_steps": int(slat_steps),
+        "ss_cfg_scale": float(ss_cfg),
+        "slat_cfg_scale": float(slat_cfg),
+        "no_texture": bool(no_texture),
+        "output_format": "glb",
+    }
 
 
 def _wants_3d(obj: SceneObject, object_ids: list[str] | None) -> bool:
@@ -33,8 +40,9 @@ def _wants_3d(obj: SceneObject, object_ids: list[str] | None) -> bool:
     return obj.model_state not in ("ready", "queued", "running")
 
 
-async def generate_3d(ctx: StudioContext, scene_id: str, object_ids: list[str] | None,
-                      params: dict[str, Any]) -> AsyncIterator[Scene]:
+async def generate_3d(
+    ctx: StudioContext, scene_id: str, object_ids: list[str] | None, params: dict[str, Any]
+) -> AsyncIterator[Scene]:
     """Submit a 3D job per card (all cards with an image and no model when none are given) and follow each job,
     yielding whenever a card's queue position, stage, percent or outcome changes."""
     ctx.cancelled.discard(scene_id)
@@ -70,8 +78,9 @@ def _apply_submit(obj: SceneObject, outcome: Any, active: dict[str, str]) -> Non
         active[obj.id] = obj.job.id
 
 
-async def _follow(ctx: StudioContext, scene_id: str, active: dict[str, str],
-                  params: dict[str, Any]) -> AsyncIterator[Scene]:
+async def _follow(
+    ctx: StudioContext, scene_id: str, active: dict[str, str], params: dict[str, Any]
+) -> AsyncIterator[Scene]:
     trellis = ctx.services.trellis
     last_answer = time.monotonic()
     while active:
@@ -118,8 +127,9 @@ async def _give_up(ctx: StudioContext, scene_id: str, active: dict[str, str]) ->
     yield scene
 
 
-def _apply_status(ctx: StudioContext, scene: Scene, obj: SceneObject, status: Any, result: Any,
-                  params: dict[str, Any]) -> tuple[bool, bool]:
+def _apply_status(
+    ctx: StudioContext, scene: Scene, obj: SceneObject, status: Any, result: Any, params: dict[str, Any]
+) -> tuple[bool, bool]:
     """Update one card from a job status; returns (finished, visibly changed)."""
     assert obj.job is not None
     if isinstance(status, ServiceError):

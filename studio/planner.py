@@ -38,8 +38,9 @@ def md_escape(text: str) -> str:
 def clean_text(value: str) -> str:
     """Printable text on one line: control and private-use characters (a weak model emits them) dropped."""
     dropped = ("Cc", "Cf", "Co", "Cs")
-    kept = "".join(" " if ch.isspace() else ch for ch in value
-                   if ch.isspace() or unicodedata.category(ch) not in dropped)
+    kept = "".join(
+        " " if ch.isspace() else ch for ch in value if ch.isspace() or unicodedata.category(ch) not in dropped
+    )
     return " ".join(kept.split())
 
 
@@ -85,9 +86,11 @@ class WireObject(BaseModel):
         return " ".join(words[:MAX_PROMPT_WORDS])  # the schema cannot count words; trim rather than refuse
 
     def layout(self) -> Layout:
-        return Layout(position=(self.x_cm / 100, self.y_cm / 100, self.z_cm / 100),
-                      size=(self.width_cm / 100, self.depth_cm / 100, self.height_cm / 100),
-                      rotation_deg=float(self.rotation_deg))
+        return Layout(
+            position=(self.x_cm / 100, self.y_cm / 100, self.z_cm / 100),
+            size=(self.width_cm / 100, self.depth_cm / 100, self.height_cm / 100),
+            rotation_deg=float(self.rotation_deg),
+        )
 
 
 class WirePlan(BaseModel):
@@ -116,8 +119,12 @@ def plan_schema(max_objects: int) -> dict[str, Any]:
         "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_CHARS},
         "prompt": {"type": "string", "minLength": 1, "maxLength": PROMPT_MAX_CHARS},
         "count": _int(1, MAX_COUNT),
-        "x_cm": _int(-MAX_CM, MAX_CM), "y_cm": _int(-MAX_CM, MAX_CM), "z_cm": _int(-MAX_CM, MAX_CM),
-        "width_cm": _int(1, MAX_CM), "depth_cm": _int(1, MAX_CM), "height_cm": _int(1, MAX_CM),
+        "x_cm": _int(-MAX_CM, MAX_CM),
+        "y_cm": _int(-MAX_CM, MAX_CM),
+        "z_cm": _int(-MAX_CM, MAX_CM),
+        "width_cm": _int(1, MAX_CM),
+        "depth_cm": _int(1, MAX_CM),
+        "height_cm": _int(1, MAX_CM),
         "rotation_deg": _int(0, 359),
     }
     item = {"type": "object", "properties": obj_props, "required": list(obj_props), "additionalProperties": False}
@@ -160,14 +167,26 @@ def parse_plan(text: str, max_objects: int) -> WirePlan:
 # --- intent ----------------------------------------------------------------------------------------------------
 # Clear cases are decided by rules: instant, and independent of how good the model is. Only unclear messages cost
 # an LLM call (a tiny json_schema classification).
-_GREETING = re.compile(r"^\s*(hi|hello|hey|hiya|howdy|yo|thanks|thank you|cheers|good (morning|afternoon|evening)|"
-                       r"bye|goodbye|ok|okay|cool|great|nice)\b[\s!.,:)]*$", re.I)
-_EDIT = re.compile(r"\b(add|remove|delete|drop|replace|change|swap|move|rename|bigger|smaller|larger|taller|"
-                   r"shorter|more|fewer|less|instead|without|also|another|extra|get rid of)\b", re.I)
-_SCENE = re.compile(r"\b(make|create|build|generate|design|model|draw|plan|set up|furnish|give me|i want|"
-                    r"i'd like|i would like|i need|show me|let's do|scene|room|diorama)\b", re.I)
-_QUESTION = re.compile(r"(\?\s*$)|^\s*(what|how|why|who|when|where|which|is|are|do|does|can|could|should|"
-                       r"would|will|explain|tell me)\b", re.I)
+_GREETING = re.compile(
+    r"^\s*(hi|hello|hey|hiya|howdy|yo|thanks|thank you|cheers|good (morning|afternoon|evening)|"
+    r"bye|goodbye|ok|okay|cool|great|nice)\b[\s!.,:)]*$",
+    re.I,
+)
+_EDIT = re.compile(
+    r"\b(add|remove|delete|drop|replace|change|swap|move|rename|bigger|smaller|larger|taller|"
+    r"shorter|more|fewer|less|instead|without|also|another|extra|get rid of)\b",
+    re.I,
+)
+_SCENE = re.compile(
+    r"\b(make|create|build|generate|design|model|draw|plan|set up|furnish|give me|i want|"
+    r"i'd like|i would like|i need|show me|let's do|scene|room|diorama)\b",
+    re.I,
+)
+_QUESTION = re.compile(
+    r"(\?\s*$)|^\s*(what|how|why|who|when|where|which|is|are|do|does|can|could|should|"
+    r"would|will|explain|tell me)\b",
+    re.I,
+)
 _NOUN_PHRASE = re.compile(r"^\s*(an?|the|my|some)\s+\S+", re.I)
 
 
@@ -196,14 +215,18 @@ def parse_intent(text: str, *, has_plan: bool) -> Intent:
 
 
 # --- prompts ---------------------------------------------------------------------------------------------------
-CHAT_SYSTEM = ("You are the assistant of a chat-to-3D studio. Users describe a scene; the studio plans its "
-               "objects, draws a concept image of each and turns each image into a 3D model. Answer greetings "
-               "and questions briefly and helpfully. To start, a user can describe a scene such as "
-               "'a cozy reading corner'.")
+CHAT_SYSTEM = (
+    "You are the assistant of a chat-to-3D studio. Users describe a scene; the studio plans its "
+    "objects, draws a concept image of each and turns each image into a 3D model. Answer greetings "
+    "and questions briefly and helpfully. To start, a user can describe a scene such as "
+    "'a cozy reading corner'."
+)
 
-INTENT_SYSTEM = ("Classify the user's last message for a chat-to-3D studio. 'scene': they describe or ask for a "
-                 "new scene or set of objects. 'edit': they want to add, remove or change objects of the current "
-                 "plan. 'chat': greetings, questions, anything else.")
+INTENT_SYSTEM = (
+    "Classify the user's last message for a chat-to-3D studio. 'scene': they describe or ask for a "
+    "new scene or set of objects. 'edit': they want to add, remove or change objects of the current "
+    "plan. 'chat': greetings, questions, anything else."
+)
 
 
 def plan_system(max_objects: int) -> str:
@@ -214,7 +237,7 @@ def plan_system(max_objects: int) -> str:
         "object alone, whole, centred, on a plain white background, describing material, colour and style; "
         "count (how many copies); a rough layout in centimetres with x to the right, y forward, z up, z_cm = 0 "
         "on the floor, the object's width, depth and height, and its rotation about the vertical axis in "
-        "degrees. Use id \"\" for new objects and keep the id of every object you keep from the current plan."
+        'degrees. Use id "" for new objects and keep the id of every object you keep from the current plan.'
     )
 
 
@@ -222,19 +245,43 @@ def current_plan_json(objects: list[SceneObject], scene_name: str) -> str:
     rows = []
     for o in objects:
         (x, y, z), (w, d, h) = o.layout.position, o.layout.size
-        rows.append({"id": o.id, "name": o.name, "prompt": o.prompt, "count": o.count,
-                     "x_cm": round(x * 100), "y_cm": round(y * 100), "z_cm": round(z * 100),
-                     "width_cm": round(w * 100), "depth_cm": round(d * 100), "height_cm": round(h * 100),
-                     "rotation_deg": round(o.layout.rotation_deg) % 360})
+        rows.append(
+            {
+                "id": o.id,
+                "name": o.name,
+                "prompt": o.prompt,
+                "count": o.count,
+                "x_cm": round(x * 100),
+                "y_cm": round(y * 100),
+                "z_cm": round(z * 100),
+                "width_cm": round(w * 100),
+                "depth_cm": round(d * 100),
+                "height_cm": round(h * 100),
+                "rotation_deg": round(o.layout.rotation_deg) % 360,
+            }
+        )
     return json.dumps({"scene_name": scene_name, "objects": rows}, ensure_ascii=False)
 
 
-def plan_messages(history: list[dict[str, str]], request: str, *, max_objects: int,
-                  current: list[SceneObject] | None = None, scene_name: str = "") -> list[dict[str, str]]:
+def plan_messages(
+    history: list[dict[str, str]],
+    request: str,
+    *,
+    max_objects: int,
+    current: list[SceneObject] | None = None,
+    scene_name: str = "",
+) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": plan_system(max_objects)}, *history]
     if current:
-        messages.append({"role": "user", "content": "The current plan is:\n" + current_plan_json(current, scene_name)
-                         + "\n\nUpdate it as I ask, keeping everything else: " + request})
+        messages.append(
+            {
+                "role": "user",
+                "content": "The current plan is:\n"
+                + current_plan_json(current, scene_name)
+                + "\n\nUpdate it as I ask, keeping everything else: "
+                + request,
+            }
+        )
     else:
         messages.append({"role": "user", "content": "Plan this scene: " + request})
     return messages
@@ -259,8 +306,7 @@ def merge_plan(current: list[SceneObject], plan: WirePlan) -> list[SceneObject]:
                 obj.model_state, obj.model, obj.job, obj.model_error = "none", None, None, ""
             out.append(obj)
         else:
-            out.append(SceneObject(id=new_id("obj-"), name=w.name, prompt=w.prompt, count=w.count,
-                                   layout=w.layout()))
+            out.append(SceneObject(id=new_id("obj-"), name=w.name, prompt=w.prompt, count=w.count, layout=w.layout()))
     return out
 
 

@@ -28,17 +28,22 @@ def imagegen_state(trellis: Health) -> tuple[bool, str]:
 def _pill(name: str, h: Health, extra: str = "") -> str:
     colour = COLOURS[h.state]
     reason = "" if h.state == "ready" else f" — {html.escape(h.message)}"
-    return (f'<span class="svc svc-{h.state}" title="{html.escape(h.message)}" style="color:{colour};'
-            f'margin-right:1.2em"><b>{ICONS[h.state]} {name}: {h.state}</b>{reason}{extra}</span>')
+    return (
+        f'<span class="svc svc-{h.state}" title="{html.escape(h.message)}" style="color:{colour};'
+        f'margin-right:1.2em"><b>{ICONS[h.state]} {name}: {h.state}</b>{reason}{extra}</span>'
+    )
 
 
 def header_html(h: HealthSnapshot) -> str:
     depth = h.trellis.queue_depth
     queue = f" · queue {depth}" if depth is not None and h.trellis.state != "down" else ""
     can_draw, why = imagegen_state(h.trellis)
-    note = "" if can_draw or h.trellis.state != "ready" else (
-        f' <span style="color:#9a6700">(images: {html.escape(why)}; upload your own images instead)</span>')
-    return (f'<div id="status-header">{_pill("LLM", h.llm)}{_pill("3D", h.trellis, queue)}{note}</div>')
+    note = (
+        ""
+        if can_draw or h.trellis.state != "ready"
+        else (f' <span style="color:#9a6700">(images: {html.escape(why)}; upload your own images instead)</span>')
+    )
+    return f'<div id="status-header">{_pill("LLM", h.llm)}{_pill("3D", h.trellis, queue)}{note}</div>'
 
 
 @dataclass
@@ -60,7 +65,9 @@ def gates(h: HealthSnapshot, scene: Scene | None) -> Gates:
     return Gates(
         send=(llm_ok, "Send" if llm_ok else f"Send (LLM {h.llm.state})"),
         draw=(can_draw and waiting, "Draw images" if can_draw else "Draw images (text-to-image unavailable)"),
-        all3d=(h.trellis.state == "ready" and with_image,
-               "Generate all 3D" if h.trellis.state == "ready" else f"Generate all 3D (3D {h.trellis.state})"),
+        all3d=(
+            h.trellis.state == "ready" and with_image,
+            "Generate all 3D" if h.trellis.state == "ready" else f"Generate all 3D (3D {h.trellis.state})",
+        ),
         export=(bool(objects), "Export scene"),
     )

@@ -69,8 +69,12 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
 
     def scene_choices() -> Any:
         stamp = "%Y-%m-%d %H:%M"
-        return gr.Dropdown(choices=[(f"{s.name} · {s.objects} objects · {time.strftime(stamp, time.gmtime(s.updated))}",
-                                     s.id) for s in ws.list()])
+        return gr.Dropdown(
+            choices=[
+                (f"{s.name} · {s.objects} objects · {time.strftime(stamp, time.gmtime(s.updated))}", s.id)
+                for s in ws.list()
+            ]
+        )
 
     def restore(saved: str | None) -> tuple[Any, ...]:
         """Page load: reopen this browser's scene from disk, if it still exists."""
@@ -106,8 +110,15 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
         async for value in draw_pending(require(sid)):
             yield value
 
-    async def generate_all_3d(sid: str | None, seed: float, ss_steps: float, slat_steps: float, ss_cfg: float,
-                              slat_cfg: float, no_texture: bool) -> AsyncIterator[SceneOut]:
+    async def generate_all_3d(
+        sid: str | None,
+        seed: float,
+        ss_steps: float,
+        slat_steps: float,
+        ss_cfg: float,
+        slat_cfg: float,
+        no_texture: bool,
+    ) -> AsyncIterator[SceneOut]:
         """Every card with an image and no model yet; named parameters so API clients can pass them by name."""
         sid = require(sid)
         yield scene_out(ws.load(sid))
@@ -183,10 +194,19 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
         status = gr.HTML('<div id="status-header">Checking the services…</div>')
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                chatbot = gr.Chatbot(label="Chat", height=460, buttons=["copy"],
-                                     placeholder="Describe a scene, e.g. “a cozy reading corner”.")
-                message = gr.Textbox(show_label=False, placeholder="Describe a scene or ask a question…",
-                                     submit_btn=False, lines=1, max_lines=4)
+                chatbot = gr.Chatbot(
+                    label="Chat",
+                    height=460,
+                    buttons=["copy"],
+                    placeholder="Describe a scene, e.g. “a cozy reading corner”.",
+                )
+                message = gr.Textbox(
+                    show_label=False,
+                    placeholder="Describe a scene or ask a question…",
+                    submit_btn=False,
+                    lines=1,
+                    max_lines=4,
+                )
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", interactive=False)
                     start_over = gr.Button("Start over (new scene)")
@@ -229,18 +249,28 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
                         composed = gr.Model3D(label="Composed scene", height=320)
 
         # --- wiring --------------------------------------------------------------------------------------------
-        remember = {"fn": remember_scene, "inputs": [scene_id], "outputs": [saved_id, scenes],
-                    "api_visibility": "private"}
+        remember = {
+            "fn": remember_scene,
+            "inputs": [scene_id],
+            "outputs": [saved_id, scenes],
+            "api_visibility": "private",
+        }
         scene = [scene_state, scene_json]
         status_io = {"inputs": [scene_state], "outputs": [status, send, draw_btn, all3d_btn, export_btn]}
         demo.load(restore, [saved_id], [scene_id, *scene, chatbot, scenes], api_visibility="private").then(
-            refresh_status, **status_io, api_visibility="private")
+            refresh_status, **status_io, api_visibility="private"
+        )
         timer.tick(refresh_status, **status_io, queue=False, api_visibility="private", show_progress="hidden")
-        gr.on([message.submit, send.click], add_user_message, [message, chatbot], [message, chatbot], queue=False,
-              api_visibility="private").then(
-            respond, [chatbot, scene_id], [chatbot, *scene, scene_id], api_name="chat", **gpu).then(
-            **remember).then(
-            draw_pending, [scene_id], scene, api_visibility="private", **gpu)
+        gr.on(
+            [message.submit, send.click],
+            add_user_message,
+            [message, chatbot],
+            [message, chatbot],
+            queue=False,
+            api_visibility="private",
+        ).then(respond, [chatbot, scene_id], [chatbot, *scene, scene_id], api_name="chat", **gpu).then(**remember).then(
+            draw_pending, [scene_id], scene, api_visibility="private", **gpu
+        )
         draw_btn.click(generate_images, [scene_id], scene, api_name="generate_images", **gpu)
         all3d_btn.click(generate_all_3d, [scene_id, *params], scene, api_name="generate_3d", **gpu)
         cancel_btn.click(cancel_batch, [scene_id], None, api_name="cancel_3d", concurrency_limit=None)
@@ -248,15 +278,31 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
         start_over.click(new_scene, None, [scene_id, *scene, chatbot], api_name="new_scene").then(**remember)
         open_btn.click(open_scene, [scenes], [scene_id, *scene, chatbot], api_name="open_scene").then(**remember)
         board_outputs = [o for slot in slots for o in slot.outputs()]
-        scene_state.change(sync_board, [scene_state, board_shown], [*board_outputs, board_shown],
-                          api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+        scene_state.change(
+            sync_board,
+            [scene_state, board_shown],
+            [*board_outputs, board_shown],
+            api_visibility="private",
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
         cards.wire_slots(ctx, slots, scene_id=scene_id, scene=scene, preview=preview, params=params)
         scene_state.change(preview_choices, [scene_state, preview], [preview], queue=False, api_visibility="private")
-        scene_state.change(refresh_status, **status_io, queue=False, api_visibility="private",
-                          show_progress="hidden")
-        scene_state.change(show_preview, [scene_id, preview, shown], [preview_image, preview_model, download, shown],
-                          queue=False, api_visibility="private", show_progress="hidden")
-        preview.change(show_preview, [scene_id, preview, shown], [preview_image, preview_model, download, shown],
-                       queue=False, api_visibility="private")
+        scene_state.change(refresh_status, **status_io, queue=False, api_visibility="private", show_progress="hidden")
+        scene_state.change(
+            show_preview,
+            [scene_id, preview, shown],
+            [preview_image, preview_model, download, shown],
+            queue=False,
+            api_visibility="private",
+            show_progress="hidden",
+        )
+        preview.change(
+            show_preview,
+            [scene_id, preview, shown],
+            [preview_image, preview_model, download, shown],
+            queue=False,
+            api_visibility="private",
+        )
         scene_api.click(get_scene, [scene_id], scene, api_name="scene")
     return demo

@@ -25,8 +25,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("profile", "llm", "backend"),
-    [("gpu", "meta-llama/Llama-3.1-8B-Instruct", "trellis"), ("cpu", config.BUILTIN_SMOLLM2, "relief"),
-     ("tiny", config.BUILTIN_TINY_LLM, "relief")],
+    [
+        ("gpu", "meta-llama/Llama-3.1-8B-Instruct", "trellis"),
+        ("cpu", config.BUILTIN_SMOLLM2, "relief"),
+        ("tiny", config.BUILTIN_TINY_LLM, "relief"),
+    ],
 )
 def test_profile_picks_defaults(monkeypatch: pytest.MonkeyPatch, profile: str, llm: str, backend: str) -> None:
     monkeypatch.setenv("CHAT3D_PROFILE", profile)
@@ -85,8 +88,14 @@ def test_bad_port_message_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_check_command_exits_2_with_readable_message() -> None:
     env = {"PATH": "/usr/bin:/bin", "CHAT3D_PROFILE": "nonsense"}
-    proc = subprocess.run([sys.executable, str(ROOT / "config.py"), "--check"], env=env, capture_output=True,
-                          text=True, cwd=ROOT / "tests", timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "config.py"), "--check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "tests",
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "CHAT3D_PROFILE" in proc.stderr or "profile" in proc.stderr.lower()
 
@@ -95,3 +104,8 @@ def test_every_setting_is_documented() -> None:
     for group, env, _default, desc in config.settings_rows():
         assert desc, f"{env} has no description"
         assert group, f"{env} has no group"
+
+
+def test_readme_settings_table_matches_config() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert config.render_readme(readme) == readme, "run `python config.py --readme`"

@@ -122,11 +122,16 @@ class TrellisBackend:
         buf = io.BytesIO()
         if params.output_format == "glb" and not params.no_texture:
             report.stage("texture_bake", 0.6)
-            glb = self._post.to_glb(outputs["gaussian"][0], mesh, simplify=self.settings.mesh_simplify,
-                                    texture_size=self.settings.texture_size)
+            glb = self._post.to_glb(
+                outputs["gaussian"][0],
+                mesh,
+                simplify=self.settings.mesh_simplify,
+                texture_size=self.settings.texture_size,
+            )
             glb.export(buf, file_type="glb")
         else:
             report.stage("export", 0.9)
             vertex_coloured_mesh(mesh).export(buf, file_type=params.output_format)
-        return MeshArtifact(data=buf.getvalue(), output_format=params.output_format, backend=self.name,
-                            seed=params.seed)
+        return MeshArtifact(
+            data=buf.getvalue(), output_format=params.output_format, backend=self.name, seed=params.seed
+        )

@@ -28,7 +28,9 @@ class SanaImageGenerator:
         self.name = "tiny-sana" if self.model_id == BUILTIN_TINY_SANA else f"sana-sprint:{self.model_id}"
         self.health = BackendHealth(
             state="loading" if self.model_id else "off",
-            detail=f"loading {self.model_id}" if self.model_id else (
+            detail=f"loading {self.model_id}"
+            if self.model_id
+            else (
                 "text-to-image is off; set IMAGEGEN_MODEL to a SANA-Sprint hub id or local folder "
                 "(e.g. Efficient-Large-Model/Sana_Sprint_0.6B_1024px_diffusers) or upload images instead"
             ),
@@ -55,11 +57,13 @@ class SanaImageGenerator:
             self.health = BackendHealth(state="ready", detail=f"{self.model_id} on {self.device} ({dtype})")
         except Exception as e:  # leaves the service live but not ready, with the reason in health
             log.exception("text-to-image model %s failed to load", self.model_id)
-            self.health = BackendHealth(state="error", detail=f"could not load {self.model_id}: "
-                                                              f"{type(e).__name__}: {e}")
+            self.health = BackendHealth(
+                state="error", detail=f"could not load {self.model_id}: {type(e).__name__}: {e}"
+            )
 
-    def generate(self, prompt: str, *, n: int, width: int, height: int, seed: int,
-                 steps: int) -> list[tuple[Image.Image, int]]:
+    def generate(
+        self, prompt: str, *, n: int, width: int, height: int, seed: int, steps: int
+    ) -> list[tuple[Image.Image, int]]:
         """`n` PNG-ready images and the seed of each."""
         import torch
 
@@ -72,7 +76,13 @@ class SanaImageGenerator:
             kwargs["complex_human_instruction"] = None  # a 1 kB instruction prefix would dominate a tiny model's time
         with torch.inference_mode():
             out = self._pipe(
-                prompt=prompt, num_images_per_prompt=n, generator=generators, height=height, width=width,
-                num_inference_steps=steps, use_resolution_binning=False, **kwargs,
+                prompt=prompt,
+                num_images_per_prompt=n,
+                generator=generators,
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                use_resolution_binning=False,
+                **kwargs,
             )
         return list(zip(out.images, seeds, strict=True))

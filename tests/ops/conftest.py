@@ -24,8 +24,14 @@ PROGRAMS = ["llm-service", "trellis-service", "gradio-app"]
 
 def repo_files() -> list[str]:
     """What a clone holds: tracked files plus untracked ones git does not ignore."""
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                         capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return [f for f in out.stdout.split("\0") if f and (ROOT / f).is_file()]
 
 
@@ -48,8 +54,12 @@ def compose_binary() -> str:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """os.environ without any appliance setting (so nothing leaks in from the caller), plus `extra`."""
-    drop = {name.upper() for name in config.Settings.model_fields} | {"CHAT3D_PROFILE", "CHAT3D_PYTHON",
-                                                                      "VIRTUAL_ENV", "VENV"}
+    drop = {name.upper() for name in config.Settings.model_fields} | {
+        "CHAT3D_PROFILE",
+        "CHAT3D_PYTHON",
+        "VIRTUAL_ENV",
+        "VENV",
+    }
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1", GRADIO_RUN_HISTORY="False")
     env.update(extra)

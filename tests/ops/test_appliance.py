@@ -37,8 +37,13 @@ class Appliance:
     urls: dict[str, str] = field(default_factory=dict)
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(ROOT / "supervisord.conf"),
-                               *args], env=self.env, capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(ROOT / "supervisord.conf"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def pid(self, program: str) -> int:
         return int(self.ctl("pid", program).stdout.strip() or 0)
@@ -55,16 +60,29 @@ def appliance(ops_cache: Path) -> Iterator[Appliance]:
 
     tmp = Path(tempfile.mkdtemp(prefix="c3d-sv-"))  # short: the unix socket path must stay < 108 bytes
     ports = {name: str(free_port()) for name in ("LLM_PORT", "TRELLIS_PORT", "GRADIO_SERVER_PORT")}
-    env = clean_env(CHAT3D_PROFILE="tiny", CHAT3D_PYTHON=sys.executable, DATA_DIR=str(tmp / "data"),
-                    LOG_DIR=str(tmp / "logs"), RUN_DIR=str(tmp / "run"), CACHE_DIR=str(ops_cache), **ports)
+    env = clean_env(
+        CHAT3D_PROFILE="tiny",
+        CHAT3D_PYTHON=sys.executable,
+        DATA_DIR=str(tmp / "data"),
+        LOG_DIR=str(tmp / "logs"),
+        RUN_DIR=str(tmp / "run"),
+        CACHE_DIR=str(ops_cache),
+        **ports,
+    )
     out = (tmp / "start.out").open("wb")
-    process = subprocess.Popen(["./start.sh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL)
-    app = Appliance(process, env, tmp, {
-        "llm-service": f"http://127.0.0.1:{ports['LLM_PORT']}/v1/health/ready",
-        "trellis-service": f"http://127.0.0.1:{ports['TRELLIS_PORT']}/v1/health/ready",
-        "gradio-app": f"http://127.0.0.1:{ports['GRADIO_SERVER_PORT']}/",
-    })
+    process = subprocess.Popen(
+        ["./start.sh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    app = Appliance(
+        process,
+        env,
+        tmp,
+        {
+            "llm-service": f"http://127.0.0.1:{ports['LLM_PORT']}/v1/health/ready",
+            "trellis-service": f"http://127.0.0.1:{ports['TRELLIS_PORT']}/v1/health/ready",
+            "gradio-app": f"http://127.0.0.1:{ports['GRADIO_SERVER_PORT']}/",
+        },
+    )
     try:
         yield app
     finally:
@@ -86,8 +104,14 @@ def test_all_programs_reach_running_and_ready(appliance: Appliance) -> None:
     states = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()}
     assert states == dict.fromkeys([*PROGRAMS, "log-stream"], "RUNNING")
     assert appliance.process.poll() is None, "start.sh must exec supervisord in the foreground"
-    health = subprocess.run([sys.executable, "scripts/healthcheck.py"], cwd=ROOT, env=appliance.env,
-                            capture_output=True, text=True, timeout=60)
+    health = subprocess.run(
+        [sys.executable, "scripts/healthcheck.py"],
+        cwd=ROOT,
+        env=appliance.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert health.returncode == 0, health.stdout + health.stderr  # the Docker HEALTHCHECK's verdict
 
 

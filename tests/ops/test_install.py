@@ -36,17 +36,30 @@ def repo_copy() -> Iterator[Path]:
 
 
 def install_env(ops_cache: Path) -> dict[str, str]:
-    env = clean_env(PYTHON=sys.executable, CHAT3D_VENV_ARGS="--system-site-packages", CACHE_DIR=str(ops_cache),
-                    LLM_PORT=str(free_port()), TRELLIS_PORT=str(free_port()),
-                    GRADIO_SERVER_PORT=str(free_port()), WAIT_TIMEOUT="240")
+    env = clean_env(
+        PYTHON=sys.executable,
+        CHAT3D_VENV_ARGS="--system-site-packages",
+        CACHE_DIR=str(ops_cache),
+        LLM_PORT=str(free_port()),
+        TRELLIS_PORT=str(free_port()),
+        GRADIO_SERVER_PORT=str(free_port()),
+        WAIT_TIMEOUT="240",
+    )
     if sys.prefix != sys.base_prefix:  # running inside a venv: its packages are not the "system" ones
         env["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
     return env
 
 
 def run_install(repo: Path, env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    out = subprocess.run(["./install.sh", "--native", *args], cwd=repo, env=env, capture_output=True, text=True,
-                         timeout=timeout, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        ["./install.sh", "--native", *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return out
 
 

@@ -71,19 +71,26 @@ def docker_repo(tmp_path: Path) -> Path:
 
 
 def run_docker_install(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    base = clean_env(**{"FAKE_DOCKER_LOG": str(repo / "docker.log"), "FAKE_DOCKER_ROOT": str(repo),
-                        "MIN_FREE_GB": "0", **env})
+    base = clean_env(
+        **{"FAKE_DOCKER_LOG": str(repo / "docker.log"), "FAKE_DOCKER_ROOT": str(repo), "MIN_FREE_GB": "0", **env}
+    )
     base["PATH"] = f"{repo.parent / 'bin'}:{base['PATH']}"
-    return subprocess.run(["./install.sh", *args], cwd=repo, env=base, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ["./install.sh", *args],
+        cwd=repo,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def calls(repo: Path) -> list[str]:
     return (repo / "docker.log").read_text().splitlines()
 
 
-def test_docker_mode_builds_starts_and_waits_for_healthy_and_published_port(docker_repo: Path,
-                                                                           ui_port: int) -> None:
+def test_docker_mode_builds_starts_and_waits_for_healthy_and_published_port(docker_repo: Path, ui_port: int) -> None:
     out = run_docker_install(docker_repo, PUBLISHED_PORT=str(ui_port))
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"ready: open http://localhost:{ui_port}/" in out.stdout
@@ -106,9 +113,11 @@ def test_docker_mode_is_picked_only_when_the_nvidia_runtime_is_there(docker_repo
 
 @pytest.mark.parametrize(
     ("broken", "message"),
-    [("compose", "Docker Compose v2 ('docker compose') is missing"),
-     ("info", "cannot reach the Docker engine"),
-     ("runtime", "NVIDIA Container Toolkit")],
+    [
+        ("compose", "Docker Compose v2 ('docker compose') is missing"),
+        ("info", "cannot reach the Docker engine"),
+        ("runtime", "NVIDIA Container Toolkit"),
+    ],
 )
 def test_forced_docker_mode_explains_what_is_missing(docker_repo: Path, broken: str, message: str) -> None:
     out = run_docker_install(docker_repo, "--docker", FAKE_DOCKER_BREAK=broken)

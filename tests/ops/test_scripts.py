@@ -28,16 +28,24 @@ def settings(**values: object) -> config.Settings:
 
 
 def run_script(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 # --- fetch_models --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("model_id", "kind"),
-    [("", "off"), ("builtin:tiny-llama", "builtin"), ("meta-llama/Llama-3.1-8B-Instruct", "hub"),
-     ("/nowhere/model", "missing-local"), ("./missing.gguf", "missing-local"), (str(ROOT), "local")],
+    [
+        ("", "off"),
+        ("builtin:tiny-llama", "builtin"),
+        ("meta-llama/Llama-3.1-8B-Instruct", "hub"),
+        ("/nowhere/model", "missing-local"),
+        ("./missing.gguf", "missing-local"),
+        (str(ROOT), "local"),
+    ],
 )
 def test_classify_tells_hub_ids_from_builtin_local_and_off(model_id: str, kind: str) -> None:
     assert fetch_models.classify(model_id) == kind
@@ -78,13 +86,15 @@ def test_fetch_offline_reports_cached_and_missing_models_plainly(tmp_path: Path)
     assert "cannot be reached" in out.stdout
     assert "ok      SAFETY_PROMPT_MODEL=ezb/NSFW-Prompt-Detector: found in cache" in out.stdout
     assert "MISSING SAFETY_IMAGE_MODEL=Falconsai/nsfw_image_detection" in out.stdout
-    assert ("MISSING LLM_MODEL=/nowhere/llm: local path does not exist -> the LLM service will not be ready"
-            in out.stdout)
+    assert (
+        "MISSING LLM_MODEL=/nowhere/llm: local path does not exist -> the LLM service will not be ready" in out.stdout
+    )
     strict = run_script([sys.executable, "scripts/fetch_models.py", "--strict"], env)
     assert strict.returncode == 1
 
 
 # --- healthcheck ---------------------------------------------------------------------------------------------
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     status = 200
@@ -113,8 +123,13 @@ def fake_services() -> Iterator[dict[str, http.server.HTTPServer]]:
 
 
 def fake_settings(servers: dict[str, http.server.HTTPServer]) -> config.Settings:
-    return settings(profile="tiny", llm_port=servers["llm"].server_port, trellis_port=servers["trellis"].server_port,
-                    gradio_server_port=servers["ui"].server_port, gradio_server_name="0.0.0.0")
+    return settings(
+        profile="tiny",
+        llm_port=servers["llm"].server_port,
+        trellis_port=servers["trellis"].server_port,
+        gradio_server_port=servers["ui"].server_port,
+        gradio_server_name="0.0.0.0",
+    )
 
 
 def test_healthcheck_passes_only_when_all_three_are_ready(fake_services: dict) -> None:
@@ -125,14 +140,19 @@ def test_healthcheck_passes_only_when_all_three_are_ready(fake_services: dict) -
     assert results["trellis-service"] == (False, '503 {"status": "loading"}')
     assert healthcheck.explain(503, b'{"error": {"message": "Loading  x"}}') == "503 Loading x"
     assert healthcheck.explain(503, b'{"status": "loading", "message": "models are loading"}') == (
-        "503 models are loading")
+        "503 models are loading"
+    )
     assert results["llm-service"][0] and results["gradio-app"][0]
 
 
 def test_healthcheck_exit_code_and_report_from_the_command_line(fake_services: dict) -> None:
     s = fake_settings(fake_services)
-    env = clean_env(CHAT3D_PROFILE="tiny", LLM_PORT=str(s.llm_port), TRELLIS_PORT=str(s.trellis_port),
-                    GRADIO_SERVER_PORT=str(s.gradio_server_port))
+    env = clean_env(
+        CHAT3D_PROFILE="tiny",
+        LLM_PORT=str(s.llm_port),
+        TRELLIS_PORT=str(s.trellis_port),
+        GRADIO_SERVER_PORT=str(s.gradio_server_port),
+    )
     ok = run_script([sys.executable, "scripts/healthcheck.py"], env)
     assert ok.returncode == 0 and ok.stdout.count(": ready") == 3
     env["TRELLIS_PORT"] = str(free_port())
@@ -142,6 +162,7 @@ def test_healthcheck_exit_code_and_report_from_the_command_line(fake_services: d
 
 
 # --- ops_env -------------------------------------------------------------------------------------------------
+
 
 def test_ops_env_exports_resolved_paths_and_only_set_library_variables(tmp_path: Path) -> None:
     env = clean_env(CHAT3D_PROFILE="tiny", DATA_DIR=str(tmp_path / "d"), LOG_DIR="relative-logs")
@@ -165,6 +186,7 @@ def test_ops_env_refuses_invalid_settings_with_a_readable_message() -> None:
 
 # --- kaolin stand-in -----------------------------------------------------------------------------------------
 
+
 def test_kaolin_stub_check_tensor_matches_kaolin_semantics(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "docker" / "kaolin_stub"))
     from kaolin.utils.testing import check_tensor
@@ -180,9 +202,17 @@ def test_kaolin_stub_check_tensor_matches_kaolin_semantics(monkeypatch: pytest.M
 
 # --- start.sh and install.sh fast paths -------------------------------------------------------------------------
 
+
 def start_env(tmp: Path, **extra: str) -> dict[str, str]:
-    return clean_env(CHAT3D_PYTHON=sys.executable, DATA_DIR=str(tmp / "data"), LOG_DIR=str(tmp / "logs"),
-                     CACHE_DIR=str(tmp / "cache"), RUN_DIR=str(tmp / "run"), FETCH_MODELS="0", **extra)
+    return clean_env(
+        CHAT3D_PYTHON=sys.executable,
+        DATA_DIR=str(tmp / "data"),
+        LOG_DIR=str(tmp / "logs"),
+        CACHE_DIR=str(tmp / "cache"),
+        RUN_DIR=str(tmp / "run"),
+        FETCH_MODELS="0",
+        **extra,
+    )
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has an NVIDIA GPU")
@@ -198,8 +228,16 @@ def test_start_refuses_a_port_in_use(short_tmp: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        out = run_script(["./start.sh"], start_env(short_tmp, CHAT3D_PROFILE="tiny", GRADIO_SERVER_PORT=str(port),
-                                                   LLM_PORT=str(free_port()), TRELLIS_PORT=str(free_port())))
+        out = run_script(
+            ["./start.sh"],
+            start_env(
+                short_tmp,
+                CHAT3D_PROFILE="tiny",
+                GRADIO_SERVER_PORT=str(port),
+                LLM_PORT=str(free_port()),
+                TRELLIS_PORT=str(free_port()),
+            ),
+        )
     assert out.returncode == 1
     assert f"port {port} (GRADIO_SERVER_PORT) is already in use" in out.stderr
 
@@ -224,8 +262,15 @@ def test_install_writes_env_with_token_from_environment_never_a_placeholder(tmp_
         shutil.copy(ROOT / name, tmp_path / name)
     # PYTHON=false stops the native install right after .env is written: only that step is under test here.
     env = clean_env(PYTHON="false", HF_TOKEN="hf_secret123")
-    out = subprocess.run(["./install.sh", "--native", "--profile", "gpu"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        ["./install.sh", "--native", "--profile", "gpu"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert "older than Python 3.11" in out.stderr
     assert "hf_secret123" not in out.stdout + out.stderr, "the token is never printed"
     text = (tmp_path / ".env").read_text()
@@ -233,8 +278,15 @@ def test_install_writes_env_with_token_from_environment_never_a_placeholder(tmp_
     assert oct((tmp_path / ".env").stat().st_mode & 0o777) == "0o600"
     (tmp_path / ".env").unlink()
     env.pop("HF_TOKEN")
-    out = subprocess.run(["./install.sh", "--native", "--profile", "gpu"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        ["./install.sh", "--native", "--profile", "gpu"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     text = (tmp_path / ".env").read_text()
     assert "\nHF_TOKEN=\n" in text, "a skipped token stays empty"
     assert "HF_TOKEN is empty" in out.stdout

@@ -23,8 +23,9 @@ SUPERVISORD_CONF = (ROOT / "supervisord.conf").read_text()
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    joined = re.sub(r"\\\n", " ", "\n".join(line for line in DOCKERFILE.splitlines()
-                                             if not line.lstrip().startswith("#")))
+    joined = re.sub(
+        r"\\\n", " ", "\n".join(line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#"))
+    )
     out = []
     for line in joined.splitlines():
         if line.strip():
@@ -50,17 +51,28 @@ def dockerfile_args() -> dict[str, str]:
 
 
 def compose_config() -> dict:
-    out = subprocess.run([compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
-                         capture_output=True, text=True, cwd=ROOT, env=clean_env(), timeout=60)
+    out = subprocess.run(
+        [compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean_env(),
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
 # --- linters -----------------------------------------------------------------------------------------------------
 
+
 def test_hadolint_passes_on_dockerfile() -> None:
-    out = subprocess.run([tool("hadolint"), "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [tool("hadolint"), "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -74,8 +86,7 @@ def test_hadolint_ignores_are_justified() -> None:
 def test_shellcheck_passes(script: str) -> None:
     path = ROOT / script
     assert path.is_file(), f"{script} is missing"
-    out = subprocess.run([tool("shellcheck"), "-x", str(path)], capture_output=True, text=True, cwd=ROOT,
-                         timeout=60)
+    out = subprocess.run([tool("shellcheck"), "-x", str(path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -86,29 +97,46 @@ def test_every_shell_script_is_linted() -> None:
 
 
 def test_compose_file_is_valid_for_compose_v2() -> None:
-    out = subprocess.run([compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                         capture_output=True, text=True, cwd=ROOT, env=clean_env(), timeout=60)
+    out = subprocess.run(
+        [compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean_env(),
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
 
 
 # --- generated files -----------------------------------------------------------------------------------------------
 
+
 def test_env_example_matches_config() -> None:
     assert (ROOT / ".env.example").read_text() == config.render_env_example(), (
-        ".env.example is stale: run `python config.py --env-example > .env.example`")
+        ".env.example is stale: run `python config.py --env-example > .env.example`"
+    )
 
 
 def test_env_example_holds_no_secret_and_documents_user_settings() -> None:
     text = (ROOT / ".env.example").read_text()
     assert re.search(r"^HF_TOKEN=$", text, flags=re.M), "HF_TOKEN must be present and empty"
-    for name in ("CHAT3D_PROFILE", "GRADIO_SERVER_PORT", "CUDA_VISIBLE_DEVICES", "UI_AUTH_USER", "UI_AUTH_PASSWORD",
-                 "DATA_DIR", "PUBLISHED_PORT", "API_KEY"):
+    for name in (
+        "CHAT3D_PROFILE",
+        "GRADIO_SERVER_PORT",
+        "CUDA_VISIBLE_DEVICES",
+        "UI_AUTH_USER",
+        "UI_AUTH_PASSWORD",
+        "DATA_DIR",
+        "PUBLISHED_PORT",
+        "API_KEY",
+    ):
         assert re.search(rf"^# {name}=", text, flags=re.M), f"{name} is not documented"
     for line in text.splitlines():
         assert line.startswith("#") or line == "" or line == "HF_TOKEN=", f"uncommented setting: {line}"
 
 
 # --- the Dockerfile ------------------------------------------------------------------------------------------------
+
 
 def test_every_file_the_dockerfile_copies_exists() -> None:
     sources = []
@@ -169,8 +197,12 @@ def test_ports_and_paths_agree_across_config_dockerfile_compose() -> None:
         assert cenv[name] == env[name], name
 
     mounts = {v["source"]: v["target"] for v in service["volumes"]}
-    assert mounts == {"data": env["DATA_DIR"], "hf-cache": env["HF_HOME"], "torch-cache": env["TORCH_HOME"],
-                      "logs": env["LOG_DIR"]}
+    assert mounts == {
+        "data": env["DATA_DIR"],
+        "hf-cache": env["HF_HOME"],
+        "torch-cache": env["TORCH_HOME"],
+        "logs": env["LOG_DIR"],
+    }
     assert set(compose_config()["volumes"]) == set(mounts), "declare exactly the volumes that are used"
     mkdir = next(rest for w, rest in dockerfile_instructions() if w == "RUN" and "useradd" in rest)
     for target in mounts.values():
@@ -191,6 +223,7 @@ def test_compose_service_has_gpu_restart_shm_and_same_healthcheck() -> None:
 
 
 # --- supervisord.conf and the scripts ------------------------------------------------------------------------------
+
 
 def parsed_supervisord_conf(log_dir: Path) -> dict:
     """Let supervisor itself parse the file (as supervisord would) and report each program's options."""
@@ -213,8 +246,13 @@ print(json.dumps({"programs": out, "serverurl": c.serverurl, "socket": o.server_
 """
     log_dir.mkdir(exist_ok=True)
     env = clean_env(CHAT3D_PYTHON="/venv/bin/python", LOG_DIR=str(log_dir), RUN_DIR=str(log_dir))
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "supervisord.conf")], capture_output=True,
-                         text=True, env=env, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "supervisord.conf")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -225,8 +263,11 @@ def test_supervisord_conf_defines_the_three_programs_as_designed(tmp_path: Path)
     programs = parsed["programs"]
     assert set(programs) == {*PROGRAMS, "log-stream"}
     assert [programs[p]["priority"] for p in PROGRAMS] == [1, 2, 3]
-    entries = {"llm-service": "nim_llm/run_llama_local.py", "trellis-service": "nim_trellis/run_trellis_local.py",
-               "gradio-app": "app.py"}
+    entries = {
+        "llm-service": "nim_llm/run_llama_local.py",
+        "trellis-service": "nim_trellis/run_trellis_local.py",
+        "gradio-app": "app.py",
+    }
     for name, entry in entries.items():
         p = programs[name]
         assert shlex.split(p["command"]) == ["/venv/bin/python", entry], "run the venv's python directly"

@@ -14,18 +14,46 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 
-PLAN = {"scene_name": "Reading corner", "objects": [
-    {"id": "", "name": "Armchair", "prompt": "a green velvet armchair", "count": 1, "x_cm": 0, "y_cm": 0,
-     "z_cm": 0, "width_cm": 80, "depth_cm": 90, "height_cm": 100, "rotation_deg": 0},
-    {"id": "", "name": "Floor lamp", "prompt": "a brass floor lamp", "count": 1, "x_cm": 100, "y_cm": 0,
-     "z_cm": 0, "width_cm": 40, "depth_cm": 40, "height_cm": 160, "rotation_deg": 0},
-]}
+PLAN = {
+    "scene_name": "Reading corner",
+    "objects": [
+        {
+            "id": "",
+            "name": "Armchair",
+            "prompt": "a green velvet armchair",
+            "count": 1,
+            "x_cm": 0,
+            "y_cm": 0,
+            "z_cm": 0,
+            "width_cm": 80,
+            "depth_cm": 90,
+            "height_cm": 100,
+            "rotation_deg": 0,
+        },
+        {
+            "id": "",
+            "name": "Floor lamp",
+            "prompt": "a brass floor lamp",
+            "count": 1,
+            "x_cm": 100,
+            "y_cm": 0,
+            "z_cm": 0,
+            "width_cm": 40,
+            "depth_cm": 40,
+            "height_cm": 160,
+            "rotation_deg": 0,
+        },
+    ],
+}
 
 
 def error(status: int, message: str, code: str | None = None, retry_after: int | None = None) -> JSONResponse:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"error": {"message": message, "type": "error", "param": None, "code": code}},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"message": message, "type": "error", "param": None, "code": code}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def fake_llm(state: dict[str, Any]) -> FastAPI:
@@ -46,8 +74,9 @@ def fake_llm(state: dict[str, Any]) -> FastAPI:
         if "response_format" in body:
             name = body["response_format"]["json_schema"]["name"]
             content = '{"intent": "chat"}' if name == "intent" else state["plans"].pop(0)
-            return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                 "finish_reason": "stop"}]}
+            return {
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]
+            }
 
         def sse() -> Any:
             for word in ["Hello", " there", "!"]:
@@ -72,8 +101,13 @@ def fake_trellis(state: dict[str, Any]) -> FastAPI:
 
     @app.get("/v1/health/ready")
     def ready() -> Any:
-        return {"status": "ready", "message": "ready", "queue_depth": len(jobs), "profile": "fake",
-                "backends": {"imagegen": {"state": "ready", "detail": "ok"}}}
+        return {
+            "status": "ready",
+            "message": "ready",
+            "queue_depth": len(jobs),
+            "profile": "fake",
+            "backends": {"imagegen": {"state": "ready", "detail": "ok"}},
+        }
 
     @app.post("/v1/moderations")
     async def moderations(request: Request) -> Any:
@@ -89,16 +123,29 @@ def fake_trellis(state: dict[str, Any]) -> FastAPI:
         if any(w in body["prompt"] for w in state.get("flag", [])):
             return error(400, "the prompt was flagged by the safety classifier", "content_filtered")
         seeds = [body["seed"] + i for i in range(body["n"])]
-        return {"created": int(time.time()), "backend": "fake",
-                "data": [{"b64_json": base64.b64encode(_png(s)).decode(), "seed": s} for s in seeds]}
+        return {
+            "created": int(time.time()),
+            "backend": "fake",
+            "data": [{"b64_json": base64.b64encode(_png(s)).decode(), "seed": s} for s in seeds],
+        }
 
     @app.post("/v1/jobs", status_code=202)
     async def submit(request: Request) -> Any:
         body = await request.json()
         job_id = f"job-{len(jobs) + 1}"
-        jobs[job_id] = {"id": job_id, "status": "queued", "stage": "", "progress": 0.0, "queue_position": 0,
-                        "error": None, "seed": body.get("seed") or 99, "backend": "fake", "output_format": "glb",
-                        "polls": 0, "body": body}
+        jobs[job_id] = {
+            "id": job_id,
+            "status": "queued",
+            "stage": "",
+            "progress": 0.0,
+            "queue_position": 0,
+            "error": None,
+            "seed": body.get("seed") or 99,
+            "backend": "fake",
+            "output_format": "glb",
+            "polls": 0,
+            "body": body,
+        }
         return JSONResponse({"id": job_id, "status": "queued", "queue_position": 0}, status_code=202)
 
     @app.get("/v1/jobs/{job_id}")
@@ -115,8 +162,9 @@ def fake_trellis(state: dict[str, Any]) -> FastAPI:
     @app.get("/v1/jobs/{job_id}/result")
     def result(job_id: str) -> Any:
         glb = trimesh.Scene(trimesh.creation.box()).export(file_type="glb")
-        return Response(glb, media_type="model/gltf-binary",
-                        headers={"X-Seed": str(jobs[job_id]["seed"]), "X-Backend": "fake"})
+        return Response(
+            glb, media_type="model/gltf-binary", headers={"X-Seed": str(jobs[job_id]["seed"]), "X-Backend": "fake"}
+        )
 
     @app.delete("/v1/jobs/{job_id}")
     def cancel(job_id: str) -> Any:

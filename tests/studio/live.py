@@ -28,26 +28,37 @@ class Stack:
 
 def base_env(data_dir: Path, cache_dir: Path, profile: str = "tiny") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UI_", "LLM_", "TRELLIS_", "GRADIO_"))}
-    env.update(CHAT3D_PROFILE=profile, DATA_DIR=str(data_dir), CACHE_DIR=str(cache_dir), HF_HUB_OFFLINE="1",
-               HF_HUB_DISABLE_TELEMETRY="1", GRADIO_ANALYTICS_ENABLED="False", GRADIO_RUN_HISTORY="False",
-               LOG_LEVEL="warning", PYTHONUNBUFFERED="1")
+    env.update(
+        CHAT3D_PROFILE=profile,
+        DATA_DIR=str(data_dir),
+        CACHE_DIR=str(cache_dir),
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        GRADIO_RUN_HISTORY="False",
+        LOG_LEVEL="warning",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
 # Linux: a child asks for SIGTERM when its parent dies (PR_SET_PDEATHSIG survives exec), so services never
 # outlive a test run that was killed before its clean-up ran. A launcher does it, because `preexec_fn` is unsafe
 # in a process with threads (the fast tests run uvicorn threads).
-LAUNCHER = ("import ctypes, os, sys\n"
-            "try:\n    ctypes.CDLL('libc.so.6').prctl(1, 15)\nexcept OSError:\n    pass\n"
-            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+LAUNCHER = (
+    "import ctypes, os, sys\n"
+    "try:\n    ctypes.CDLL('libc.so.6').prctl(1, 15)\nexcept OSError:\n    pass\n"
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
 
 
 @contextlib.contextmanager
 def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, *args], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
         try:
             yield proc
         finally:
@@ -74,13 +85,22 @@ def stack(root: Path, cache_dir: Path, profile: str = "tiny", **app_env: str) ->
     env = base_env(data_dir, cache_dir, profile)
     llm_port, trellis_port, app_port = free_port(), free_port(), free_port()
     llm, trellis = f"http://127.0.0.1:{llm_port}", f"http://127.0.0.1:{trellis_port}"
-    with process(["nim_llm/run_llama_local.py"], {**env, "LLM_PORT": str(llm_port)}, log_dir / "llm.log") as lp, \
-         process(["nim_trellis/run_trellis_local.py"], {**env, "TRELLIS_PORT": str(trellis_port)},
-                 log_dir / "trellis.log") as tp:
+    with (
+        process(["nim_llm/run_llama_local.py"], {**env, "LLM_PORT": str(llm_port)}, log_dir / "llm.log") as lp,
+        process(
+            ["nim_trellis/run_trellis_local.py"], {**env, "TRELLIS_PORT": str(trellis_port)}, log_dir / "trellis.log"
+        ) as tp,
+    ):
         wait_ready(f"{llm}/v1/health/ready", lp, log_dir / "llm.log")
         wait_ready(f"{trellis}/v1/health/ready", tp, log_dir / "trellis.log")
-        ui_env = {**env, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(app_port),
-                  "LLM_BASE_URL": f"{llm}/v1", "TRELLIS_BASE_URL": trellis, **app_env}
+        ui_env = {
+            **env,
+            "GRADIO_SERVER_NAME": "127.0.0.1",
+            "GRADIO_SERVER_PORT": str(app_port),
+            "LLM_BASE_URL": f"{llm}/v1",
+            "TRELLIS_BASE_URL": trellis,
+            **app_env,
+        }
         with process(["app.py"], ui_env, log_dir / "app.log") as ap:
             app = f"http://127.0.0.1:{app_port}"
             wait_ready(f"{app}/", ap, log_dir / "app.log")

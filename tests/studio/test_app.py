@@ -14,8 +14,13 @@ from studio.cards import GPU
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(_env_file=None, data_dir=tmp_path_factory.mktemp("data"), ui_queue_size=7,  # type: ignore[call-arg]
-                    ui_max_objects=3, ui_gpu_concurrency=2)
+    return Settings(
+        _env_file=None,
+        data_dir=tmp_path_factory.mktemp("data"),
+        ui_queue_size=7,  # type: ignore[call-arg]
+        ui_max_objects=3,
+        ui_gpu_concurrency=2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +30,16 @@ def demo(settings: Settings) -> object:
 
 def test_named_endpoints_drive_a_whole_scene(demo: object) -> None:
     names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}  # type: ignore[attr-defined]
-    assert {"chat", "generate_images", "generate_3d", "cancel_3d", "export", "scene", "new_scene",
-            "open_scene"} <= names
+    assert {
+        "chat",
+        "generate_images",
+        "generate_3d",
+        "cancel_3d",
+        "export",
+        "scene",
+        "new_scene",
+        "open_scene",
+    } <= names
 
 
 def test_gpu_bound_events_share_one_concurrency_group(demo: object) -> None:
@@ -59,6 +72,7 @@ def test_the_ui_process_never_imports_torch() -> None:
     import sys
 
     code = "import sys, app, studio.ui, studio.export; assert 'torch' not in sys.modules, 'torch was imported'"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(studio_app.__file__).parent, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(studio_app.__file__).parent, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]

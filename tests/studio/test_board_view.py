@@ -57,8 +57,13 @@ def test_card_texts_show_state_error_and_job_progress() -> None:
 
 def test_board_updates_send_only_changes(tmp_path: Path) -> None:
     ctx = StudioContext.from_settings(Settings(_env_file=None, data_dir=tmp_path))  # type: ignore[call-arg]
-    obj = SceneObject(id="obj-00000001", name="Lamp", prompt="a lamp", state="ready",
-                      image=ImageRef(file="images/obj-00000001-1.png", seed=1))
+    obj = SceneObject(
+        id="obj-00000001",
+        name="Lamp",
+        prompt="a lamp",
+        state="ready",
+        image=ImageRef(file="images/obj-00000001-1.png", seed=1),
+    )
     data = scene_payload(scene_with(obj))
     first, shown = board_updates(ctx, data, {}, 2)
     assert len(first) == 2 * 9

@@ -24,8 +24,14 @@ from tests.studio.live import Stack
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost", "--window-size=1400,1800"]
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost",
+    "--window-size=1400,1800",
+]
 TIMEOUT_S = 90.0
 
 if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
@@ -136,8 +142,10 @@ def test_scene_in_a_real_browser(browser: Any, live: Stack, artifacts: Path) -> 
     card_button(cards(browser)[0], "→ 3D").click()
     wait_for(lambda: "3D ready" in cards(browser)[0].text, "the card's 3D model")
     card_button(cards(browser)[0], "Preview").click()
-    canvas = wait_for(lambda: [c for c in browser.find_elements(By.CSS_SELECTOR, "canvas") if c.is_displayed()],
-                      "the 3D preview canvas")[0]
+    canvas = wait_for(
+        lambda: [c for c in browser.find_elements(By.CSS_SELECTOR, "canvas") if c.is_displayed()],
+        "the 3D preview canvas",
+    )[0]
     # Babylon.js (WebGL via SwiftShader) needs a moment to load the GLB and draw; a blank centre has 1 colour.
     colours = wait_for(lambda: (n := distinct_colours(canvas.screenshot_as_png)) >= 8 and n, "the model drawn")
     browser.save_screenshot(str(artifacts / "2-preview.png"))

@@ -17,13 +17,23 @@ from tests.studio.conftest import glb_bytes, png_bytes
 def scene_with_models(ws: Workspace) -> Scene:
     scene = ws.create()
     scene.name = "Corner"
-    table = SceneObject(id="obj-00000001", name="Table", prompt="a table", state="ready",
-                        layout=Layout(position=(1.0, 2.0, 0.0), size=(1.0, 0.5, 0.75), rotation_deg=90))
+    table = SceneObject(
+        id="obj-00000001",
+        name="Table",
+        prompt="a table",
+        state="ready",
+        layout=Layout(position=(1.0, 2.0, 0.0), size=(1.0, 0.5, 0.75), rotation_deg=90),
+    )
     table.image = ImageRef(file=ws.write_image(scene.id, table.id, 11, png_bytes()), seed=11)
     table.variants = [ImageRef(file=ws.write_image(scene.id, table.id, 12, png_bytes((0, 200, 0))), seed=12)]
     table.model = ModelRef(file=ws.write_model(scene.id, table.id, 5, glb_bytes()), seed=5, backend="relief")
-    chairs = SceneObject(id="obj-00000002", name="Chair", prompt="a chair", count=2,
-                         layout=Layout(position=(-1.0, 0.0, 0.0), size=(0.5, 0.5, 1.0)))
+    chairs = SceneObject(
+        id="obj-00000002",
+        name="Chair",
+        prompt="a chair",
+        count=2,
+        layout=Layout(position=(-1.0, 0.0, 0.0), size=(0.5, 0.5, 1.0)),
+    )
     scene.objects = [table, chairs]
     ws.save(scene)
     return scene
@@ -43,8 +53,15 @@ def test_zip_holds_every_png_glb_manifest_and_blender_script(ws: Workspace) -> N
     data = build_zip(scene, ws, composed_glb(scene, ws))
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         names = set(z.namelist())
-        assert {"scene.json", "scene.glb", "import_to_blender.py", "README.txt", "images/obj-00000001-11.png",
-                "images/obj-00000001-12.png", "models/obj-00000001-5.glb"} <= names
+        assert {
+            "scene.json",
+            "scene.glb",
+            "import_to_blender.py",
+            "README.txt",
+            "images/obj-00000001-11.png",
+            "images/obj-00000001-12.png",
+            "models/obj-00000001-5.glb",
+        } <= names
         script = z.read("import_to_blender.py").decode()
         compile(script, "import_to_blender.py", "exec")  # valid Python (bpy only exists inside Blender)
         assert "scene.json" in script and "import_scene.gltf" in script
@@ -62,8 +79,12 @@ def test_composed_glb_loads_and_places_objects_by_layout(ws: Workspace) -> None:
 
 
 def test_model_is_scaled_to_fit_its_box_and_rotated() -> None:
-    obj = SceneObject(id="obj-00000001", name="t", prompt="p",
-                      layout=Layout(position=(3.0, 4.0, 0.0), size=(1.0, 1.0, 1.0), rotation_deg=90))
+    obj = SceneObject(
+        id="obj-00000001",
+        name="t",
+        prompt="p",
+        layout=Layout(position=(3.0, 4.0, 0.0), size=(1.0, 1.0, 1.0), rotation_deg=90),
+    )
     mesh = trimesh.creation.box(extents=(2.0, 1.0, 0.5))
     (matrix,) = instance_transforms(obj, mesh.extents, mesh.bounds[0])
     placed = mesh.copy()
@@ -74,8 +95,9 @@ def test_model_is_scaled_to_fit_its_box_and_rotated() -> None:
 
 
 def test_copies_stand_side_by_side() -> None:
-    obj = SceneObject(id="obj-00000001", name="t", prompt="p", count=3,
-                      layout=Layout(position=(0.0, 0.0, 0.0), size=(1.0, 1.0, 1.0)))
+    obj = SceneObject(
+        id="obj-00000001", name="t", prompt="p", count=3, layout=Layout(position=(0.0, 0.0, 0.0), size=(1.0, 1.0, 1.0))
+    )
     xs = [m[0, 3] for m in instance_transforms(obj, np.ones(3), np.zeros(3) - 0.5)]
     assert len(xs) == 3 and xs[0] < xs[1] < xs[2] and np.isclose(xs[1], 0.0)
 

@@ -36,8 +36,14 @@ def make_ctx(services: tuple[str, str, dict, dict], tmp_path: Path) -> Any:
     trellis_state.update(flag=[], job_polls=2, log=[], imagegen_off=False)
 
     def make() -> StudioContext:
-        settings = Settings(_env_file=None, llm_base_url=llm + "/v1", trellis_base_url=trellis,  # type: ignore[call-arg]
-                            data_dir=tmp_path / "data", ui_job_poll_s=0.05, imagegen_size=64)
+        settings = Settings(
+            _env_file=None,
+            llm_base_url=llm + "/v1",
+            trellis_base_url=trellis,  # type: ignore[call-arg]
+            data_dir=tmp_path / "data",
+            ui_job_poll_s=0.05,
+            imagegen_size=64,
+        )
         return StudioContext.from_settings(settings)
 
     return make
@@ -57,8 +63,11 @@ async def run_turn(ctx: StudioContext, scene_id: str | None, text: str) -> tuple
 
 
 def test_flatten_history_turns_parts_into_text() -> None:
-    history = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-               {"role": "assistant", "content": "hi"}, {"role": "assistant", "content": []}]
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": "hi"},
+        {"role": "assistant", "content": []},
+    ]
     assert flatten_history(history) == [{"role": "user", "content": "a\nb"}, {"role": "assistant", "content": "hi"}]
 
 
@@ -92,9 +101,13 @@ def test_edit_updates_the_plan_instead_of_starting_over(make_ctx: Any, services:
     _, scene = asyncio.run(run_turn(ctx, None, "a cozy reading corner"))
     assert scene is not None
     chair = scene.objects[0]
-    edited = {"scene_name": "Reading corner", "objects": [
-        {**PLAN["objects"][0], "id": chair.id},
-        {**PLAN["objects"][1], "id": "", "name": "Bookshelf", "prompt": "a tall oak bookshelf"}]}
+    edited = {
+        "scene_name": "Reading corner",
+        "objects": [
+            {**PLAN["objects"][0], "id": chair.id},
+            {**PLAN["objects"][1], "id": "", "name": "Bookshelf", "prompt": "a tall oak bookshelf"},
+        ],
+    }
     services[2]["plans"] = [json.dumps(edited)]
     replies, after = asyncio.run(run_turn(ctx, scene.id, "remove the lamp and add a bookshelf"))
     assert after is not None and after.id == scene.id
@@ -127,8 +140,9 @@ def test_images_fill_in_card_by_card(make_ctx: Any, services: Any) -> None:
     assert [o.state for o in snapshots[0].objects] == ["generating", "generating"]
     assert sorted(sum(o.image is not None for o in s.objects) for s in snapshots) == [0, 1, 2]
     final = ctx.workspace.load(scene.id)
-    assert all(o.state == "ready" and ctx.workspace.path(scene.id, o.image.file).is_file()
-               for o in final.objects if o.image)
+    assert all(
+        o.state == "ready" and ctx.workspace.path(scene.id, o.image.file).is_file() for o in final.objects if o.image
+    )
 
 
 def test_filtered_prompt_shows_the_reason_and_other_cards_continue(make_ctx: Any, services: Any) -> None:
@@ -197,8 +211,12 @@ def test_busy_service_is_retried_after_retry_after(make_ctx: Any, services: Any)
 
 
 def test_unreachable_service_gives_a_friendly_message(tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, trellis_base_url="http://127.0.0.1:9", data_dir=tmp_path,  # type: ignore[call-arg]
-                        ui_http_retries=0)
+    settings = Settings(
+        _env_file=None,
+        trellis_base_url="http://127.0.0.1:9",
+        data_dir=tmp_path,  # type: ignore[call-arg]
+        ui_http_retries=0,
+    )
     ctx = StudioContext.from_settings(settings)
 
     async def moderate() -> bool:

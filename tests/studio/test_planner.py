@@ -21,9 +21,19 @@ from studio.workspace import ImageRef, SceneObject
 
 
 def wire_object(**over: object) -> dict[str, object]:
-    obj: dict[str, object] = {"id": "", "name": "Armchair", "prompt": "a green velvet armchair, white background",
-                              "count": 1, "x_cm": 50, "y_cm": -20, "z_cm": 0, "width_cm": 80, "depth_cm": 90,
-                              "height_cm": 100, "rotation_deg": 45}
+    obj: dict[str, object] = {
+        "id": "",
+        "name": "Armchair",
+        "prompt": "a green velvet armchair, white background",
+        "count": 1,
+        "x_cm": 50,
+        "y_cm": -20,
+        "z_cm": 0,
+        "width_cm": 80,
+        "depth_cm": 90,
+        "height_cm": 100,
+        "rotation_deg": 45,
+    }
     obj.update(over)
     return obj
 
@@ -115,8 +125,13 @@ def existing(oid: str, name: str, prompt: str) -> SceneObject:
 
 def test_merge_plan_keeps_ids_and_images_adds_and_drops() -> None:
     chair, rug = existing("obj-aaaa0001", "Armchair", "a green armchair"), existing("obj-aaaa0002", "Rug", "a rug")
-    plan = parse_plan(plan_text(wire_object(id="obj-aaaa0001", name="Armchair", prompt="a green armchair"),
-                                wire_object(id="", name="Floor lamp", prompt="a brass floor lamp")), 20)
+    plan = parse_plan(
+        plan_text(
+            wire_object(id="obj-aaaa0001", name="Armchair", prompt="a green armchair"),
+            wire_object(id="", name="Floor lamp", prompt="a brass floor lamp"),
+        ),
+        20,
+    )
     merged = merge_plan([chair, rug], plan)
     assert [o.name for o in merged] == ["Armchair", "Floor lamp"]
     assert merged[0].id == chair.id and merged[0].image is not None  # kept with its image

@@ -98,9 +98,12 @@ def test_list_newest_first_and_skips_damaged_folders(ws: Workspace) -> None:
 
 def test_reopen_marks_interrupted_work_for_retry(ws: Workspace) -> None:
     scene = ws.create()
-    scene.objects = [SceneObject(id="obj-00000001", name="a", prompt="p", state="generating"),
-                     SceneObject(id="obj-00000002", name="b", prompt="p", state="ready", model_state="running",
-                                 job=JobProgress(id="job-1"))]
+    scene.objects = [
+        SceneObject(id="obj-00000001", name="a", prompt="p", state="generating"),
+        SceneObject(
+            id="obj-00000002", name="b", prompt="p", state="ready", model_state="running", job=JobProgress(id="job-1")
+        ),
+    ]
     ws.save(scene)
     again = ws.reopen(scene.id)
     assert again.objects[0].state == "failed" and "retry" in again.objects[0].error

@@ -33,8 +33,12 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def make_settings(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"profile": "tiny", "data_dir": tmp_path_factory.mktemp("data"),
-                                  "cache_dir": model_cache, "api_key": None}
+        values: dict[str, Any] = {
+            "profile": "tiny",
+            "data_dir": tmp_path_factory.mktemp("data"),
+            "cache_dir": model_cache,
+            "api_key": None,
+        }
         values.update(overrides)
         return Settings(_env_file=None, **values)
 
@@ -53,8 +57,9 @@ def running(settings: Settings, *, backend: Any = None, ready: bool = True) -> I
 @pytest.fixture(scope="module")
 def tiny_url(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The plain tiny profile (relief + tiny SANA + tiny classifiers), shared by a test module."""
-    settings = Settings(_env_file=None, profile="tiny", data_dir=tmp_path_factory.mktemp("data"),
-                        cache_dir=model_cache, api_key=None)
+    settings = Settings(
+        _env_file=None, profile="tiny", data_dir=tmp_path_factory.mktemp("data"), cache_dir=model_cache, api_key=None
+    )
     with running(settings) as url:
         yield url
 

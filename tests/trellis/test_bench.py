@@ -11,8 +11,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_bench(*args: str) -> dict:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "studio_bench.py"), *args], capture_output=True,
-                         text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "studio_bench.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 

@@ -43,8 +43,12 @@ def test_health_live_at_once_and_ready_after_loading(make_settings, png_uri: str
         assert refused.json()["error"]["code"] == "not_ready"
         backend.release.set()
         ready = wait_loaded(url)
-        assert ready["status"] == "ready" and set(ready["backends"]) == {"3d", "imagegen", "safety_prompt",
-                                                                          "safety_image"}
+        assert ready["status"] == "ready" and set(ready["backends"]) == {
+            "3d",
+            "imagegen",
+            "safety_prompt",
+            "safety_image",
+        }
         assert ready["backends"]["imagegen"]["state"] == "off"
 
 

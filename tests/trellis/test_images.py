@@ -37,8 +37,10 @@ def test_decode_image_rejects_gif(make_settings) -> None:
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims a huge canvas with a tiny compressed body: a decompression bomb."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 

@@ -44,8 +44,9 @@ def test_generate_images_seed_reproducible_per_image(tiny_url: str) -> None:
     again = generate(tiny_url, {"prompt": "a teapot", "size": "64x64", "seed": 500}).json()["data"][0]
     assert pair[0]["b64_json"] == again["b64_json"]
     assert pair[0]["b64_json"] != pair[1]["b64_json"]
-    diff = sum(abs(a - b) for a, b in zip(png(pair[1]["b64_json"]).tobytes(), png(single["b64_json"]).tobytes(),
-                                          strict=True))
+    diff = sum(
+        abs(a - b) for a, b in zip(png(pair[1]["b64_json"]).tobytes(), png(single["b64_json"]).tobytes(), strict=True)
+    )
     assert diff / (64 * 64 * 3) < 2.0  # the 2nd image of a batch is redrawn alone from its reported seed
 
 

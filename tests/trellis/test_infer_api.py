@@ -73,9 +73,19 @@ def test_infer_no_texture_gives_vertex_colours(tiny_url: str, png_uri: str) -> N
 
 
 def test_infer_accepts_all_nim_parameters(tiny_url: str, png_uri: str) -> None:
-    body = {"mode": "image", "image": png_uri, "seed": 42, "ss_sampling_steps": 50, "slat_sampling_steps": 10,
-            "ss_cfg_scale": 10, "slat_cfg_scale": 0, "no_texture": False, "output_format": "glb", "samples": 1,
-            "unknown_field": "ignored"}
+    body = {
+        "mode": "image",
+        "image": png_uri,
+        "seed": 42,
+        "ss_sampling_steps": 50,
+        "slat_sampling_steps": 10,
+        "ss_cfg_scale": 10,
+        "slat_cfg_scale": 0,
+        "no_texture": False,
+        "output_format": "glb",
+        "samples": 1,
+        "unknown_field": "ignored",
+    }
     assert artifact(infer(tiny_url, body))["seed"] == 42
 
 
@@ -103,8 +113,9 @@ BAD_INPUTS = {
 def test_infer_rejects_bad_input(case: str, tiny_url: str, png_uri: str) -> None:
     body, param, hint = BAD_INPUTS[case]
     if body is None:
-        resp = httpx.post(f"{tiny_url}/v1/infer", content=b"{not json", timeout=30,
-                          headers={"content-type": "application/json"})
+        resp = httpx.post(
+            f"{tiny_url}/v1/infer", content=b"{not json", timeout=30, headers={"content-type": "application/json"}
+        )
     else:
         resp = infer(tiny_url, body)
     assert resp.status_code == 400, resp.text
@@ -132,6 +143,10 @@ def test_infer_requires_api_key_when_set(make_settings, png_uri: str) -> None:
 
 def test_infer_refuses_oversized_body_before_parsing(make_settings) -> None:
     with running(make_settings(imagegen_model="", max_image_bytes=1024)) as url:
-        resp = httpx.post(f"{url}/v1/infer", content=b"{" + b" " * 100_000 + b"}", timeout=30,
-                          headers={"content-type": "application/json"})
+        resp = httpx.post(
+            f"{url}/v1/infer",
+            content=b"{" + b" " * 100_000 + b"}",
+            timeout=30,
+            headers={"content-type": "application/json"},
+        )
         assert resp.status_code == 413 and "MAX_IMAGE_BYTES" in resp.json()["error"]["message"]

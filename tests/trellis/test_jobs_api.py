@@ -103,8 +103,9 @@ def test_job_backend_exception_fails_only_that_job(make_settings, png_uri: str) 
         failed = wait_job(url, bad, FINISHED)
         assert failed["status"] == "failed" and "simulated backend crash" in failed["error"]
         assert wait_job(url, good, FINISHED)["status"] == "succeeded"
-        art = httpx.post(f"{url}/v1/infer", json={"image": png_uri, "seed": FailingBackend.FAIL_SEED},
-                         timeout=30).json()["artifacts"][0]
+        art = httpx.post(
+            f"{url}/v1/infer", json={"image": png_uri, "seed": FailingBackend.FAIL_SEED}, timeout=30
+        ).json()["artifacts"][0]
         assert art["finishReason"] == "ERROR" and art["base64"] == ""
         metrics = httpx.get(f"{url}/v1/metrics").text
         assert 'trellis_jobs_total{kind="3d",outcome="failed"} 2.0' in metrics
@@ -157,6 +158,7 @@ def test_infer_concurrent_calls_serialised_on_worker(make_settings, png_uri: str
     backend = GatedBackend(settings, hold_s=0.1)  # long enough that parallel runs would overlap
     backend.gate.set()
     with running(settings, backend=backend) as url:
+
         def call(seed: int) -> dict:
             resp = httpx.post(f"{url}/v1/infer", json={"image": png_uri, "seed": seed}, timeout=60)
             return resp.json()["artifacts"][0]

@@ -126,12 +126,14 @@ def test_image_to_mesh_texture_shows_image_colour(make_settings) -> None:
 
 def test_image_to_mesh_stl_and_vertex_colours(make_settings) -> None:
     backend = ReliefBackend(make_settings())
-    stl = backend.image_to_mesh(disc_image(128), MeshParams(**{**PARAMS.__dict__, "output_format": "stl"}),
-                                NullReporter())
+    stl = backend.image_to_mesh(
+        disc_image(128), MeshParams(**{**PARAMS.__dict__, "output_format": "stl"}), NullReporter()
+    )
     mesh = trimesh.load(io.BytesIO(stl.data), file_type="stl")
     assert mesh.is_watertight and stl.media_type == "model/stl"
-    plain = backend.image_to_mesh(disc_image(128), MeshParams(**{**PARAMS.__dict__, "no_texture": True}),
-                                  NullReporter())
+    plain = backend.image_to_mesh(
+        disc_image(128), MeshParams(**{**PARAMS.__dict__, "no_texture": True}), NullReporter()
+    )
     coloured = trimesh.load(io.BytesIO(plain.data), file_type="glb", force="mesh")
     assert coloured.visual.kind == "vertex"
     assert len(np.unique(coloured.visual.vertex_colors[:, :3], axis=0)) > 1
@@ -144,4 +146,3 @@ def test_image_to_mesh_handles_tall_image(make_settings) -> None:
     mesh = trimesh.load(io.BytesIO(art.data), file_type="glb", force="mesh")
     extent = mesh.bounds[1] - mesh.bounds[0]
     assert extent[1] > 5 * extent[0] and mesh.is_watertight
-

@@ -53,8 +53,9 @@ def test_prompt_classifier_filters_text_requests(make_settings, unsafe_prompt_mo
         assert 'outcome="filtered"' in httpx.get(f"{url}/v1/metrics").text
 
 
-def test_image_classifier_filters_uploads_and_generated_images(make_settings, unsafe_image_model: Path,
-                                                               png_uri: str) -> None:
+def test_image_classifier_filters_uploads_and_generated_images(
+    make_settings, unsafe_image_model: Path, png_uri: str
+) -> None:
     with running(make_settings(safety_image_model=str(unsafe_image_model))) as url:
         assert infer(url, {"image": png_uri}).json()["artifacts"][0]["finishReason"] == "CONTENT_FILTERED"
         assert infer(url, {"prompt": "a chair"}).json()["artifacts"][0]["finishReason"] == "CONTENT_FILTERED"
@@ -69,8 +70,7 @@ def test_default_tiny_classifiers_allow_content(tiny_url: str) -> None:
 
 
 def test_safety_load_failure_fail_closed_refuses(make_settings, png_uri: str) -> None:
-    settings = make_settings(safety_prompt_model="/nonexistent/classifier", safety_fail_closed=True,
-                             imagegen_model="")
+    settings = make_settings(safety_prompt_model="/nonexistent/classifier", safety_fail_closed=True, imagegen_model="")
     with running(settings, ready=False) as url:
         health = wait_loaded(url)
         assert httpx.get(f"{url}/v1/health/ready").status_code == 503

@@ -23,7 +23,7 @@ from nim_trellis.backends.base import MeshParams
 from nim_trellis.backends.trellis import TrellisBackend
 from tests.trellis.conftest import disc_image, encode, running
 
-STAND_IN = '''
+STAND_IN = """
 import os
 import numpy as np
 import torch
@@ -74,9 +74,11 @@ class _Pipeline:
         if "gaussian" in formats:
             out["gaussian"] = [Gaussian()]
         return out
-'''
+"""
 
-PIPELINES = STAND_IN + '''
+PIPELINES = (
+    STAND_IN
+    + """
 
 class TrellisImageTo3DPipeline(_Pipeline):
     kind = "image"
@@ -84,9 +86,10 @@ class TrellisImageTo3DPipeline(_Pipeline):
 
 class TrellisTextTo3DPipeline(_Pipeline):
     kind = "text"
-'''
+"""
+)
 
-POSTPROCESSING = '''
+POSTPROCESSING = """
 import torch
 import trimesh
 from trellis.pipelines import CALLS, Gaussian, Mesh
@@ -97,7 +100,7 @@ def to_glb(app_rep, mesh, simplify=0.95, fill_holes=True, fill_holes_max_size=0.
     assert isinstance(app_rep, Gaussian) and isinstance(mesh, Mesh)
     CALLS.append(("to_glb", dict(simplify=simplify, texture_size=texture_size, grad=torch.is_grad_enabled())))
     return trimesh.creation.icosphere(subdivisions=1)
-'''
+"""
 
 
 @pytest.fixture
@@ -134,9 +137,14 @@ class Reporter:
 
 
 def loaded_backend(make_settings, **overrides: object) -> TrellisBackend:
-    settings = make_settings(backend_3d="trellis", trellis_attn_backend="flash_attn",
-                             trellis_sparse_attn_backend="xformers", trellis_spconv_algo="native",
-                             trellis_image_model="/models/TRELLIS-image-large", **overrides)
+    settings = make_settings(
+        backend_3d="trellis",
+        trellis_attn_backend="flash_attn",
+        trellis_sparse_attn_backend="xformers",
+        trellis_spconv_algo="native",
+        trellis_image_model="/models/TRELLIS-image-large",
+        **overrides,
+    )
     backend = TrellisBackend(settings)
     backend.load()
     calls().clear()  # drop the warm-up
@@ -144,8 +152,12 @@ def loaded_backend(make_settings, **overrides: object) -> TrellisBackend:
 
 
 def test_trellis_load_sets_env_before_import_and_moves_to_cuda(stand_in: Path, make_settings) -> None:
-    settings = make_settings(backend_3d="trellis", trellis_attn_backend="sdpa", trellis_spconv_algo="native",
-                             trellis_image_model="/models/TRELLIS-image-large")
+    settings = make_settings(
+        backend_3d="trellis",
+        trellis_attn_backend="sdpa",
+        trellis_spconv_algo="native",
+        trellis_image_model="/models/TRELLIS-image-large",
+    )
     TrellisBackend(settings).load()
     module = sys.modules["trellis.pipelines"]
     assert module.IMPORT_ENV == {"ATTN_BACKEND": "sdpa", "SPARSE_ATTN_BACKEND": "xformers", "SPCONV_ALGO": "native"}
@@ -215,11 +227,13 @@ def test_trellis_service_text_goes_through_sana_without_text_model(stand_in: Pat
         import httpx
 
         calls().clear()
-        art = httpx.post(f"{url}/v1/infer", json={"prompt": "a vase", "seed": 5, "no_texture": True},
-                         timeout=60).json()["artifacts"][0]
+        art = httpx.post(
+            f"{url}/v1/infer", json={"prompt": "a vase", "seed": 5, "no_texture": True}, timeout=60
+        ).json()["artifacts"][0]
         assert art["finishReason"] == "SUCCESS" and art["backend"] == "trellis"
         (run,) = [c for c in calls() if c[0] == "run"]
         assert run[1] == "image" and isinstance(run[2]["cond"], Image.Image) and run[2]["seed"] == 5
-        image_art = httpx.post(f"{url}/v1/infer", json={"image": encode(disc_image(64))},
-                               timeout=60).json()["artifacts"][0]
+        image_art = httpx.post(f"{url}/v1/infer", json={"image": encode(disc_image(64))}, timeout=60).json()[
+            "artifacts"
+        ][0]
         assert image_art["finishReason"] == "SUCCESS"

@@ -1,0 +1,160 @@
+"""The decode step of a Llama-family model over a static, slot-indexed KV cache: the engine's hot loop.
+
+Row i of a decode batch is cache slot i (the scheduler keeps running sequences packed into the lowest slots),
+so a step over `b` rows and `span` cached positions reads `k_cache[:b, :, :span]` as a view: no gather, no
+copy. One decoder layer is written as a pure function of tensors, so `torch.compile` traces it once and every
+layer reuses the compiled code (weights are arguments, not module attributes). The numerics follow
+transformers' Llama (RMSNorm in fp32, rotate-half RoPE with the model's own rotary tables, grouped-query
+attention); attention scores are taken in fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("nim_llm.llama_step")
+
+SUPPORTED_TYPES = ("llama", "mistral")
+
+
+class LayerWeights(NamedTuple):
+    ln1: torch.Tensor
+    wq: torch.Tensor
+    wk: torch.Tensor
+    wv: torch.Tensor
+    wo: torch.Tensor
+    ln2: torch.Tensor
+    wg: torch.Tensor
+    wu: torch.Tensor
+    wd: torch.Tensor
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why the static step cannot run this model (None when it can)."""
+    config = model.config
+    if getattr(config, "model_type", "") not in SUPPORTED_TYPES:
+        return f"model type {getattr(config, 'model_type', '?')!r} is not one of {SUPPORTED_TYPES}"
+    if getattr(config, "sliding_window", None) or getattr(config, "attention_bias", False):
+        return "sliding-window attention and attention biases are not supported"
+    if getattr(config, "mlp_bias", False) or getattr(config, "hidden_act", "silu") != "silu":
+        return "only bias-free SiLU MLPs are supported"
+    return None
+
+
+def layer_weights(layer: Any) -> LayerWeights:
+    attn, mlp = layer.self_attn, layer.mlp
+    return LayerWeights(
+        layer.input_layernorm.weight,
+        attn.q_proj.weight,
+        attn.k_proj.weight,
+        attn.v_proj.weight,
+        attn.o_proj.weight,
+        layer.post_attention_layernorm.weight,
+        mlp.gate_proj.weight,
+        mlp.up_proj.weight,
+        mlp.down_proj.weight,
+    )
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE; x [b, heads, dim], cos/sin [b, 1, dim]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def make_decode_layer(n_heads: int, n_kv: int, head_dim: int, eps: float, scaling: float):
+    """One decoder layer for one new token per row; writes the row's key/value at its position."""
+    group = n_heads // n_kv
+
+    def decode_layer(
+        x: torch.Tensor,  # [b, hidden]
+        w: LayerWeights,
+        k_cache: torch.Tensor,  # [slots, n_kv, slot_tokens, head_dim]
+        v_cache: torch.Tensor,
+        pos: torch.Tensor,  # [b] position of this token
+        cos: torch.Tensor,  # [b, 1, head_dim]
+        sin: torch.Tensor,
+        mask: torch.Tensor,  # [b, span] True where a cached position may be attended
+    ) -> torch.Tensor:
+        b, span = x.shape[0], mask.shape[1]
+        h = rms_norm(x, w.ln1, eps)
+        q = rope(F.linear(h, w.wq).view(b, n_heads, head_dim), cos, sin)
+        k = rope(F.linear(h, w.wk).view(b, n_kv, head_dim), cos, sin)
+        v = F.linear(h, w.wv).view(b, n_kv, head_dim)
+        rows = torch.arange(b, device=x.device)
+        k_cache[rows, :, pos] = k
+        v_cache[rows, :, pos] = v
+        keys, values = k_cache[:b, :, :span], v_cache[:b, :, :span]
+        scores = torch.matmul(q.view(b, n_kv, group, head_dim), keys.transpose(-1, -2)).float() * scaling
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1).to(values.dtype)
+        out = torch.matmul(probs, values).reshape(b, n_heads * head_dim)
+        x = x + F.linear(out, w.wo)
+        h = rms_norm(x, w.ln2, eps)
+        return x + F.linear(F.silu(F.linear(h, w.wg)) * F.linear(h, w.wu), w.wd)
+
+    return decode_layer
+
+
+class LlamaStep:
+    """Static KV cache for `slots` sequences of up to `slot_tokens` tokens, and the decode forward over it."""
+
+    def __init__(self, model: Any, slots: int, slot_tokens: int, compile: bool) -> None:
+        config, inner = model.config, model.model
+        self.model = model
+        self.slots, self.slot_tokens = slots, slot_tokens
+        n_heads, n_kv = config.num_attention_heads, config.num_key_value_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_heads
+        attn = inner.layers[0].self_attn
+        scaling = float(getattr(attn, "scaling", head_dim**-0.5))
+        eps = float(inner.layers[0].input_layernorm.variance_epsilon)
+        self.weights = [layer_weights(layer) for layer in inner.layers]
+        device, dtype = model.device, inner.embed_tokens.weight.dtype
+        shape = (slots, n_kv, slot_tokens, head_dim)
+        self.k_cache = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.weights]
+        self.v_cache = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.weights]
+        self.cos, self.sin = self._rotary_tables(inner, slot_tokens, device, dtype)
+        layer = make_decode_layer(n_heads, n_kv, head_dim, eps, scaling)
+        self.decode_layer = torch.compile(layer, dynamic=True) if compile else layer
+
+    @staticmethod
+    def _rotary_tables(inner: Any, length: int, device: torch.device, dtype: torch.dtype):
+        positions = torch.arange(length, device=device)[None]
+        probe = torch.zeros(1, device=device, dtype=dtype)
+        cos, sin = inner.rotary_emb(probe, positions)  # [1, length, head_dim], attention scaling included
+        return cos[0], sin[0]
+
+    @property
+    def cache_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.k_cache, *self.v_cache))
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, span: int) -> torch.Tensor:
+        """Logits [b, vocab] (fp32) for one new token per row; rows are slots 0..b-1."""
+        inner = self.model.model
+        x = inner.embed_tokens(ids)
+        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]
+        mask = torch.arange(span, device=ids.device)[None] <= pos[:, None]
+        for w, k_cache, v_cache in zip(self.weights, self.k_cache, self.v_cache, strict=True):
+            x = self.decode_layer(x, w, k_cache, v_cache, pos, cos, sin, mask)
+        return self.model.lm_head(inner.norm(x)).float()
+
+    def store_prefill(self, slot: int, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Copy a prefilled prompt's keys/values ([n_kv, length, head_dim] per layer) into `slot`."""
+        for (keys, values), k_cache, v_cache in zip(layers, self.k_cache, self.v_cache, strict=True):
+            k_cache[slot, :, : keys.shape[1]] = keys
+            v_cache[slot, :, : values.shape[1]] = values
+
+    def move_slot(self, src: int, dst: int, length: int) -> None:
+        for cache in (*self.k_cache, *self.v_cache):
+            cache[dst, :, :length] = cache[src, :, :length]
