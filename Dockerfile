@@ -95,6 +95,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     HF_HOME=/cache/huggingface \
     TORCH_HOME=/cache/torch \
     TORCH_EXTENSIONS_DIR=/cache/torch/extensions \
+    U2NET_HOME=/cache/torch/u2net \
     LLM_HOST=127.0.0.1 \
     LLM_PORT=19002 \
     TRELLIS_HOST=127.0.0.1 \

@@ -29,6 +29,8 @@ from config import Settings, get_settings
 DINOV2_REPO = "facebookresearch/dinov2"
 DINOV2_MODEL = "dinov2_vitl14_reg"
 DINOV2_CHECKPOINT = "dinov2_vitl14_reg4_pretrain.pth"
+U2NET_MODEL = "u2net"
+U2NET_FILE = "u2net.onnx"
 # Weight formats we never load: skipping them keeps downloads to what transformers/diffusers/TRELLIS read.
 IGNORE_PATTERNS = [
     "original/*",
@@ -161,6 +163,22 @@ def fetch_dinov2(online: bool) -> tuple[bool, str]:
     return True, f"downloaded to {hub}"
 
 
+def fetch_u2net(online: bool) -> tuple[bool, str]:
+    """rembg's u2net.onnx, which TRELLIS uses to cut out RGB images (SANA's output, uploads without alpha)."""
+    home = Path(os.environ.get("U2NET_HOME", Path.home() / ".u2net"))
+    if (home / U2NET_FILE).is_file():
+        return True, f"found in {home}"
+    if not online:
+        return False, f"not in {home} and the network is off"
+    try:
+        from rembg import new_session
+
+        new_session(U2NET_MODEL)
+    except Exception as err:  # rembg surfaces network and file errors of many kinds; report any of them plainly
+        return False, f"download failed ({type(err).__name__}: {str(err)[:200]})"
+    return True, f"downloaded to {home}"
+
+
 def run(s: Settings, plan_only: bool = False) -> list[tuple[str, bool, str]]:
     """Fetch or verify each need; returns (label, ok, message) rows."""
     items = needs(s)
@@ -195,6 +213,12 @@ def run(s: Settings, plan_only: bool = False) -> list[tuple[str, bool, str]]:
         else:
             ok, msg = fetch_dinov2(online)
             rows.append((label, ok, msg if ok else f"{msg} -> the 3D service will not be ready"))
+        label = f"rembg {U2NET_MODEL} (U2NET_HOME)"
+        if plan_only:
+            rows.append((label, True, "would be fetched into U2NET_HOME"))
+        else:
+            ok, msg = fetch_u2net(online)
+            rows.append((label, ok, msg if ok else f"{msg} -> images without transparency cannot be cut out for 3D"))
     return rows
 
 
