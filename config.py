@@ -177,6 +177,20 @@ class Settings(BaseSettings):
     llm_idle_wait_s: float = Field(
         0.5, gt=0, **_desc("How long the idle scheduler sleeps before re-checking timeouts.", "llm")
     )
+    llm_engine: Literal["auto", "eager", "static"] = Field(
+        "auto", **_desc("Decode engine: `static` (preallocated KV cache slots, compiled CUDA-graphed decode step; "
+                        "Llama-family models), `eager` (transformers forward, any model), `auto` (static on CUDA "
+                        "when the model supports it, else eager).", "llm")
+    )
+    llm_slot_tokens: int = Field(
+        4096, ge=64, **_desc("Static engine: tokens (prompt + answer) each batch slot's KV cache holds; the "
+                             "context limit becomes the smaller of this and LLM_MAX_CONTEXT. The cache is allocated "
+                             "at start: LLM_MAX_BATCH_SIZE x this x 128 KiB for Llama-3.1-8B in bf16.", "llm")
+    )
+    llm_compile: bool = Field(
+        True, **_desc("Static engine on CUDA: compile the decode step with torch.compile (start-up takes longer, "
+                      "steps are faster); CUDA graphs are used either way.", "llm")
+    )
 
     # --- 3D service ----------------------------------------------------------------------------------------
     trellis_host: str = Field("127.0.0.1", **_desc("Address the 3D service binds to.", "3d"))
@@ -273,6 +287,17 @@ class Settings(BaseSettings):
     ui_plan_max_tokens: int = Field(4096, ge=64, **_desc("Token budget of one scene-plan call.", "ui"))
     ui_plan_attempts: int = Field(2, ge=1, le=5, **_desc("Scene-plan calls tried before telling the user.", "ui"))
     ui_history_turns: int = Field(12, ge=1, **_desc("Chat messages sent to the LLM as context.", "ui"))
+
+    # --- GPU memory (vram.py) ------------------------------------------------------------------------------
+    vram_profile: Literal["auto", "16gb", "24gb", "32gb", "48gb", "unlimited"] = Field(
+        "auto",
+        **_desc(
+            "GPU memory plan both model services follow: `auto` picks by the GPU's total memory at start; "
+            "`16gb`/`24gb`/`32gb`/`48gb` fit a card of that class (quantised LLM, offloaded SANA, smaller textures, "
+            "LLM and 3D taking turns); `unlimited` changes nothing. Ignored when the models run on CPU.",
+            "vram",
+        ),
+    )
 
     # --- operations (start.sh, supervisord, install.sh, docker-compose) -----------------------------------
     run_dir: Path = Field(

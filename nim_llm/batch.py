@@ -5,13 +5,14 @@ is continuous batching. Joining pads the shorter side on the left so all rows en
 selects the remaining rows and trims columns that became padding for every row. Each decode step is then one
 forward over all rows with an attention mask (padding masked out) and per-row position ids, so results match
 running each sequence alone. Copies happen only on join and leave, not per step. It is correct for any
-full-attention decoder in transformers; a paged cache with compiled steps (the GPU issue) can replace this
-class behind the same three methods.
+full-attention decoder in transformers; `slots.SlotBatch` (static cache, compiled CUDA-graphed steps) replaces
+this class on GPU behind the same methods.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -45,6 +46,15 @@ class PaddedBatch:
 
     def __len__(self) -> int:
         return len(self.seqs)
+
+    def admit(self, seqs: list[Sequence]) -> Iterator[tuple[Sequence, Callable[[], int]]]:
+        """Each new sequence with the function that prefills it alone and picks its first token."""
+        for seq in seqs:
+            yield seq, (lambda seq=seq: seq.choose(self.prefill(seq)))
+
+    def pick(self, logits: torch.Tensor) -> list[int | None]:
+        """No batched picks here: every sequence chooses from its own row."""
+        return [None] * len(self.seqs)
 
     def prefill(self, seq: Sequence) -> torch.Tensor:
         """Run `seq`'s prompt alone, join the batch with its cache; returns the logits for its first token."""

@@ -6,7 +6,8 @@ for the whole batch and give each row its own sampled token. The HTTP side never
 a sequence with a `sink` callback and receives events from this thread.
 
 The public surface (`submit`, `cancel`, `running`, `waiting`, `start`, `stop`, `tokenizer`, `max_context`,
-`grammars`) is what `serving` relies on; a faster GPU engine can replace this class behind it.
+`grammars`) is what `serving` relies on. The batch behind the loop is either `batch.PaddedBatch` (eager, any
+model, CPU and GPU) or `slots.SlotBatch` (static KV cache, compiled and CUDA-graphed decode; LLM_ENGINE).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Engine:
         grammar_cache_size: int,
         json_max_close_tokens: int,
         model_id: str = "",
+        batch: Any = None,
     ) -> None:
         self.model = model.eval()
         self.model_id = model_id
@@ -61,7 +63,7 @@ class Engine:
         self.grammars = GrammarCache(
             tokenizer, logits_size(model), sorted(self.eos_ids), grammar_cache_size, json_max_close_tokens
         )
-        self._batch = PaddedBatch(model)
+        self._batch = batch if batch is not None else PaddedBatch(model)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
@@ -136,20 +138,25 @@ class Engine:
             self._expire_waiting()
             admitted = self._pop_admissible()
         self._expire_running()
-        for seq in admitted:
-            self._advance(seq, lambda seq=seq: self._batch.prefill(seq))
+        for seq, pick in self._batch.admit(admitted):
+            self._advance(seq, pick)
         self._batch.remove_finished()
         if len(self._batch):
             logits = self._batch.step()
+            tokens = self._batch.pick(logits)
             for row, seq in enumerate(self._batch.seqs):
-                self._advance(seq, lambda row=row: logits[row])
+                token = tokens[row]
+                if token is None:
+                    self._advance(seq, lambda seq=seq, row=row: seq.choose(logits[row]))
+                else:
+                    self._advance(seq, lambda token=token: token)
             self._batch.remove_finished()
 
     @staticmethod
-    def _advance(seq: Sequence, logits: Callable[[], torch.Tensor]) -> None:
+    def _advance(seq: Sequence, pick: Callable[[], int]) -> None:
         # A failure that belongs to one sequence (its prompt, its grammar) fails that sequence only.
         try:
-            seq.append(seq.choose(logits()))
+            seq.append(pick())
         except Exception as err:
             log.exception("sequence %s failed", seq.id)
             seq.fail(internal(f"generation failed: {err}"))

@@ -23,19 +23,18 @@ SUPPORTED_TYPES = ("llama", "mistral")
 
 class LayerWeights(NamedTuple):
     ln1: torch.Tensor
-    wq: torch.Tensor
-    wk: torch.Tensor
-    wv: torch.Tensor
+    wqkv: torch.Tensor  # q, k and v projections stacked: one matrix product instead of three
     wo: torch.Tensor
     ln2: torch.Tensor
-    wg: torch.Tensor
-    wu: torch.Tensor
+    wgu: torch.Tensor  # gate and up projections stacked
     wd: torch.Tensor
 
 
 def unsupported_reason(model: Any) -> str | None:
     """Why the static step cannot run this model (None when it can)."""
     config = model.config
+    if getattr(model, "is_quantized", False) or getattr(config, "quantization_config", None):
+        return "quantized weights (bitsandbytes, ...) are not supported"
     if getattr(config, "model_type", "") not in SUPPORTED_TYPES:
         return f"model type {getattr(config, 'model_type', '?')!r} is not one of {SUPPORTED_TYPES}"
     if getattr(config, "sliding_window", None) or getattr(config, "attention_bias", False):
@@ -49,15 +48,25 @@ def layer_weights(layer: Any) -> LayerWeights:
     attn, mlp = layer.self_attn, layer.mlp
     return LayerWeights(
         layer.input_layernorm.weight,
-        attn.q_proj.weight,
-        attn.k_proj.weight,
-        attn.v_proj.weight,
+        stack_in_place([attn.q_proj, attn.k_proj, attn.v_proj]),
         attn.o_proj.weight,
         layer.post_attention_layernorm.weight,
-        mlp.gate_proj.weight,
-        mlp.up_proj.weight,
+        stack_in_place([mlp.gate_proj, mlp.up_proj]),
         mlp.down_proj.weight,
     )
+
+
+@torch.no_grad()
+def stack_in_place(linears: list[Any]) -> torch.Tensor:
+    """One weight matrix holding `linears`' rows; each module's weight becomes a view of it (no extra memory),
+    so the transformers forward (used for prefill) reads the same numbers."""
+    stacked = torch.cat([linear.weight.data for linear in linears])
+    start = 0
+    for linear in linears:
+        rows = linear.weight.shape[0]
+        linear.weight.data = stacked[start : start + rows]
+        start += rows
+    return stacked
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -73,9 +82,10 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + rotated * sin
 
 
-def make_decode_layer(n_heads: int, n_kv: int, head_dim: int, eps: float, scaling: float):
+def make_decode_layer(n_heads: int, n_kv: int, head_dim: int, intermediate: int, eps: float, scaling: float):
     """One decoder layer for one new token per row; writes the row's key/value at its position."""
     group = n_heads // n_kv
+    q_size, kv_size = n_heads * head_dim, n_kv * head_dim
 
     def decode_layer(
         x: torch.Tensor,  # [b, hidden]
@@ -88,10 +98,10 @@ def make_decode_layer(n_heads: int, n_kv: int, head_dim: int, eps: float, scalin
         mask: torch.Tensor,  # [b, span] True where a cached position may be attended
     ) -> torch.Tensor:
         b, span = x.shape[0], mask.shape[1]
-        h = rms_norm(x, w.ln1, eps)
-        q = rope(F.linear(h, w.wq).view(b, n_heads, head_dim), cos, sin)
-        k = rope(F.linear(h, w.wk).view(b, n_kv, head_dim), cos, sin)
-        v = F.linear(h, w.wv).view(b, n_kv, head_dim)
+        qkv = F.linear(rms_norm(x, w.ln1, eps), w.wqkv)
+        q = rope(qkv[:, :q_size].view(b, n_heads, head_dim), cos, sin)
+        k = rope(qkv[:, q_size : q_size + kv_size].view(b, n_kv, head_dim), cos, sin)
+        v = qkv[:, q_size + kv_size :].view(b, n_kv, head_dim)
         rows = torch.arange(b, device=x.device)
         k_cache[rows, :, pos] = k
         v_cache[rows, :, pos] = v
@@ -101,8 +111,8 @@ def make_decode_layer(n_heads: int, n_kv: int, head_dim: int, eps: float, scalin
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
         out = torch.matmul(probs, values).reshape(b, n_heads * head_dim)
         x = x + F.linear(out, w.wo)
-        h = rms_norm(x, w.ln2, eps)
-        return x + F.linear(F.silu(F.linear(h, w.wg)) * F.linear(h, w.wu), w.wd)
+        gate_up = F.linear(rms_norm(x, w.ln2, eps), w.wgu)
+        return x + F.linear(F.silu(gate_up[:, :intermediate]) * gate_up[:, intermediate:], w.wd)
 
     return decode_layer
 
@@ -125,8 +135,11 @@ class LlamaStep:
         self.k_cache = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.weights]
         self.v_cache = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.weights]
         self.cos, self.sin = self._rotary_tables(inner, slot_tokens, device, dtype)
-        layer = make_decode_layer(n_heads, n_kv, head_dim, eps, scaling)
-        self.decode_layer = torch.compile(layer, dynamic=True) if compile else layer
+        layer = make_decode_layer(n_heads, n_kv, head_dim, config.intermediate_size, eps, scaling)
+        if compile:  # a few specialisations (batch 1, span == slot_tokens, ...) each compile once at warm-up
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+            layer = torch.compile(layer, dynamic=True)
+        self.decode_layer = layer
 
     @staticmethod
     def _rotary_tables(inner: Any, length: int, device: torch.device, dtype: torch.dtype):

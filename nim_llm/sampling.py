@@ -73,3 +73,40 @@ def token_logprob(logits: torch.Tensor, token_id: int, top_n: int) -> TokenLogpr
         values, ids = torch.topk(logprobs, top_n)
         top = [(int(i), float(v)) for i, v in zip(ids, values, strict=True)]
     return TokenLogprob(token_id, float(logprobs[token_id]), top)
+
+
+def pick_tokens(
+    logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator], eos: torch.Tensor
+) -> list[int]:
+    """One token per row of `logits` [rows, vocab] (no grammar), all rows together with one device sync.
+
+    Sampled rows use the exponential race (argmax of p / E with E ~ Exp(1) drawn from the row's own
+    generator), which picks token i with probability p_i, as multinomial does, but for all rows at once.
+    """
+    logits = logits.float()
+    device = logits.device
+    rows = torch.tensor([[p.temperature, p.top_p, p.ignore_eos] for p in params], dtype=torch.float32)
+    temperature, top_p, ignore_eos = rows.to(device).unbind(1)
+    if any(p.ignore_eos for p in params):
+        logits = logits.clone()
+        logits[:, eos] = logits[:, eos].masked_fill(ignore_eos[:, None] > 0, float("-inf"))
+    greedy = torch.argmax(logits, dim=-1)
+    sampled_rows = [i for i, p in enumerate(params) if p.temperature > 0.0]
+    if not sampled_rows:
+        return greedy.tolist()
+    probs = torch.softmax(logits / temperature.clamp_min(1e-6)[:, None], dim=-1)
+    if any(p.top_p < 1.0 for p in params):
+        probs = _apply_top_p_rows(probs, torch.where(top_p < 1.0, top_p, 2.0))
+    noise = torch.ones_like(probs)
+    for i in sampled_rows:
+        noise[i].exponential_(generator=generators[i])
+    sampled = torch.argmax(probs / noise.clamp_min_(1e-20), dim=-1)  # a zero draw must not give 0/0 = NaN
+    return torch.where(temperature > 0.0, sampled, greedy).tolist()
+
+
+def _apply_top_p_rows(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """`apply_top_p` for every row with its own threshold (a threshold above 1 keeps the whole row)."""
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    cumulative = torch.cumsum(sorted_probs, dim=-1)
+    drop = (cumulative - sorted_probs) >= top_p[:, None]
+    return torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))

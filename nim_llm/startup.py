@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from config import Settings
 from nim_llm.engine import Engine
@@ -22,7 +23,7 @@ WARMUP_MESSAGES = [{"role": "user", "content": "Hello!"}]
 def start_model(settings: Settings, state: ModelState, engine: Engine | None = None) -> None:
     try:
         if engine is None:
-            state.reason = f"Loading {settings.llm_model} ..."
+            state.reason = f"Loading {settings.llm_model} and preparing its decode shapes ..."
             engine = build_engine(settings)
         state.model_id = engine.model_id or state.model_id
         engine.start()
@@ -41,19 +42,51 @@ def build_engine(settings: Settings) -> Engine:
     from nim_llm.loading import load_model
 
     loaded = load_model(settings)
-    engine = Engine(
+    slots = int(settings.llm_max_batch_size or 1)
+    batch, max_context = None, loaded.max_context
+    if engine_kind(settings, loaded.model) == "static":
+        batch = static_batch(settings, loaded.model, slots)
+        max_context = min(max_context, settings.llm_slot_tokens)
+    return Engine(
         loaded.model,
         loaded.tokenizer,
-        max_batch_size=int(settings.llm_max_batch_size or 1),
+        max_batch_size=slots,
         max_queue=settings.llm_max_queue,
-        max_context=loaded.max_context,
+        max_context=max_context,
         request_timeout_s=settings.llm_request_timeout_s,
         idle_wait_s=settings.llm_idle_wait_s,
         grammar_cache_size=settings.llm_grammar_cache_size,
         json_max_close_tokens=settings.llm_json_max_close_tokens,
         model_id=loaded.model_id,
+        batch=batch,
     )
-    return engine
+
+
+def engine_kind(settings: Settings, model: Any) -> str:
+    """`static` or `eager` for LLM_ENGINE and this model (auto: static on CUDA when the model supports it)."""
+    from nim_llm.llama_step import unsupported_reason
+
+    reason = unsupported_reason(model)
+    if settings.llm_engine == "static" and reason:
+        raise RuntimeError(f"LLM_ENGINE=static cannot serve this model: {reason}")
+    if settings.llm_engine == "auto" and (model.device.type != "cuda" or reason):
+        if reason:
+            log.info("eager engine: %s", reason)
+        return "eager"
+    return "static" if settings.llm_engine != "eager" else "eager"
+
+
+def static_batch(settings: Settings, model: Any, slots: int) -> Any:
+    """The slot batch, compiled and captured for every decode shape before the engine starts."""
+    from nim_llm.slots import SlotBatch
+
+    cuda = model.device.type == "cuda"
+    slot_tokens = min(settings.llm_slot_tokens, int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30))
+    batch = SlotBatch(
+        model, slots=slots, slot_tokens=slot_tokens, compile=cuda and settings.llm_compile, cuda_graphs=cuda
+    )
+    batch.warm_up()
+    return batch
 
 
 def warm_up(engine: Engine, settings: Settings) -> None:
