@@ -178,18 +178,31 @@ class Settings(BaseSettings):
         0.5, gt=0, **_desc("How long the idle scheduler sleeps before re-checking timeouts.", "llm")
     )
     llm_engine: Literal["auto", "eager", "static"] = Field(
-        "auto", **_desc("Decode engine: `static` (preallocated KV cache slots, compiled CUDA-graphed decode step; "
-                        "Llama-family models), `eager` (transformers forward, any model), `auto` (static on CUDA "
-                        "when the model supports it, else eager).", "llm")
+        "auto",
+        **_desc(
+            "Decode engine: `static` (preallocated KV cache slots, compiled CUDA-graphed decode step; "
+            "Llama-family models), `eager` (transformers forward, any model), `auto` (static on CUDA "
+            "when the model supports it, else eager).",
+            "llm",
+        ),
     )
     llm_slot_tokens: int = Field(
-        4096, ge=64, **_desc("Static engine: tokens (prompt + answer) each batch slot's KV cache holds; the "
-                             "context limit becomes the smaller of this and LLM_MAX_CONTEXT. The cache is allocated "
-                             "at start: LLM_MAX_BATCH_SIZE x this x 128 KiB for Llama-3.1-8B in bf16.", "llm")
+        4096,
+        ge=64,
+        **_desc(
+            "Static engine: tokens (prompt + answer) each batch slot's KV cache holds; the "
+            "context limit becomes the smaller of this and LLM_MAX_CONTEXT. The cache is allocated "
+            "at start: LLM_MAX_BATCH_SIZE x this x 128 KiB for Llama-3.1-8B in bf16.",
+            "llm",
+        ),
     )
     llm_compile: bool = Field(
-        True, **_desc("Static engine on CUDA: compile the decode step with torch.compile (start-up takes longer, "
-                      "steps are faster); CUDA graphs are used either way.", "llm")
+        True,
+        **_desc(
+            "Static engine on CUDA: compile the decode step with torch.compile (start-up takes longer, "
+            "steps are faster); CUDA graphs are used either way.",
+            "llm",
+        ),
     )
 
     # --- 3D service ----------------------------------------------------------------------------------------

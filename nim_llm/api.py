@@ -2,6 +2,7 @@
 
 `/v1/health/live` answers as soon as the process serves HTTP; `/v1/health/ready` stays 503 with the reason
 until the model is loaded and a warm-up generation succeeded (or says why loading failed, e.g. no HF_TOKEN).
+The GPU memory plan (`vram.py`) caps batch size and context before loading and is reported by the ready body.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from nim_llm.metrics import CONTENT_TYPE, Metrics
 from nim_llm.protocol import ChatCompletionRequest, ModelCard, ModelList
 from nim_llm.serving import ChatService, ModelState
 from nim_llm.startup import start_model
+from vram import llm_plan
 
 log = logging.getLogger("nim_llm.api")
 API_VERSION = "1.0.0"  # the NIM API revision whose endpoints this server implements
@@ -34,6 +36,8 @@ API_VERSION = "1.0.0"  # the NIM API revision whose endpoints this server implem
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The LLM service. With `engine` given (tests, embedding) it is warmed up and served instead of loading."""
+    vram = llm_plan(settings)
+    settings = vram.limit_llm(settings)
     state = ModelState(model_id=str(settings.llm_model))
     metrics = Metrics(
         lambda: state.engine.running if state.engine else 0, lambda: state.engine.waiting if state.engine else 0
@@ -53,6 +57,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.model = state
     app.state.metrics = metrics
+    app.state.vram = vram
     app.state.chat = ChatService(settings, state, metrics)
     app.state.started = int(time.time())
     app.add_middleware(BodyLimitMiddleware, limit=settings.llm_max_request_bytes)
@@ -107,7 +112,8 @@ async def health_ready(request: Request) -> Response:
     model: ModelState = request.app.state.model
     if not model.ready:
         raise not_ready(model.reason, request.app.state.settings.llm_retry_after_s)
-    return JSONResponse({"object": "health.response", "message": "Service is ready."})
+    body = {"object": "health.response", "message": "Service is ready.", **request.app.state.vram.health_fields()}
+    return JSONResponse(body)
 
 
 @router.get("/v1/metrics")

@@ -1,7 +1,8 @@
 """Load the LLM through the real `from_pretrained` path: hub id, local folder, GGUF file or a builtin name.
 
 Errors are turned into one readable line (the readiness reason), e.g. a gated model without HF_TOKEN says how
-to set it. There is no silent fallback to another model.
+to set it. There is no silent fallback to another model. On CUDA the GPU memory plan (`vram.py`) may ask for 8- or
+4-bit weights, loaded through bitsandbytes' `BitsAndBytesConfig` as `quantization_config`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import config
 from config import Settings
+from vram import llm_plan
 
 log = logging.getLogger("nim_llm.loading")
 
@@ -135,7 +137,7 @@ def _from_pretrained(settings: Settings, source: str, gguf_file: str | None) -> 
         common["gguf_file"] = gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        extra = {"quantization_config": GgufConfig(dequantize=True)} if gguf_file else {}
+        extra = {"quantization_config": GgufConfig(dequantize=True)} if gguf_file else _quantization(settings)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, device_map=settings.llm_device, **common, **extra
         )
@@ -144,6 +146,16 @@ def _from_pretrained(settings: Settings, source: str, gguf_file: str | None) -> 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _quantization(settings: Settings) -> dict[str, Any]:
+    """`quantization_config` for the GPU memory plan's LLM weights (nothing for bf16 or when the plan is off)."""
+    plan = llm_plan(settings)
+    quantization = plan.quantization_config()
+    if quantization is None:
+        return {}
+    log.info("GPU memory profile %s: loading %s weights", plan.profile, plan.llm_weights)
+    return {"quantization_config": quantization}
 
 
 def _explain(source: str, err: Exception, settings: Settings) -> str:

@@ -6,6 +6,10 @@ is where cancel requests and timeouts take effect. A job's exception fails that 
 that overruns its timeout at once (its waiters get an answer), even if the backend call itself is still running;
 the worker then discards that call's result.
 
+CUDA out-of-memory is never fatal: the worker frees memory and runs the job's leaner variant (`Job.lean`, e.g.
+no texture, one image at a time) once; if that also runs out, the job fails with a message naming the
+VRAM_PROFILE to choose.
+
 Finished jobs and their result files (under `DATA_DIR/jobs/<id>/`) are kept for `JOB_RETENTION_S`.
 """
 
@@ -29,6 +33,7 @@ from nim_trellis.backends.base import MeshArtifact
 from nim_trellis.errors import ServiceError
 from nim_trellis.metrics import ServiceMetrics
 from nim_trellis.schemas import JobState, JobStatus
+from vram import free_gpu_memory, is_cuda_oom
 
 log = logging.getLogger("nim_trellis.jobs")
 
@@ -45,6 +50,18 @@ class JobTimedOut(Exception):
 
 class ContentFiltered(Exception):
     """A safety classifier decided against the input; the job ends as `filtered`."""
+
+
+class OutOfGpuMemory(Exception):
+    """CUDA ran out of memory, also in the job's leaner retry; the message says which profile to choose."""
+
+
+@dataclass(frozen=True)
+class LeanRetry:
+    """A job's leaner variant, run once after CUDA out-of-memory; `what` says in words how it is leaner."""
+
+    what: str
+    work: Callable[[JobContext], Any]
 
 
 @dataclass
@@ -68,6 +85,8 @@ class Job:
     cancel_requested: bool = False
     discard_when_done: bool = False  # nobody will collect the result (its client left)
     done: Future[None] = field(default_factory=Future)
+    lean: LeanRetry | None = None
+    note: str | None = None  # how the result differs from what was asked (e.g. the leaner retry's reason)
 
 
 class JobContext:
@@ -96,9 +115,17 @@ class JobQueue:
     """Job store + bounded FIFO + the single worker thread."""
 
     def __init__(
-        self, *, max_queued: int, timeout_s: float, retention_s: float, results_dir: Path, retry_after_s: int
+        self,
+        *,
+        max_queued: int,
+        timeout_s: float,
+        retention_s: float,
+        results_dir: Path,
+        retry_after_s: int,
+        oom_advice: str = "choose a smaller VRAM_PROFILE",
     ) -> None:
         self.max_queued, self.timeout_s, self.retention_s = max_queued, timeout_s, retention_s
+        self.oom_advice = oom_advice
         self.results_dir, self.retry_after_s = results_dir, retry_after_s
         self.metrics = ServiceMetrics(queue_depth=self.depth)
         self._jobs: dict[str, Job] = {}
@@ -131,9 +158,18 @@ class JobQueue:
         backend: str,
         output_format: str = "",
         seed: int | None = None,
+        lean: LeanRetry | None = None,
     ) -> Job:
         self.purge_expired()
-        job = Job(id=uuid.uuid4().hex, kind=kind, work=work, backend=backend, output_format=output_format, seed=seed)
+        job = Job(
+            id=uuid.uuid4().hex,
+            kind=kind,
+            work=work,
+            backend=backend,
+            output_format=output_format,
+            seed=seed,
+            lean=lean,
+        )
         with self._cond:
             if len(self._queued) >= self.max_queued:
                 self.metrics.rejected.labels("queue_full").inc()
@@ -209,6 +245,7 @@ class JobQueue:
             output_format=job.output_format,
             created=job.created,
             finished=job.finished,
+            note=job.note,
         )
 
     def purge_expired(self) -> None:
@@ -239,7 +276,7 @@ class JobQueue:
         watchdog.daemon = True
         watchdog.start()
         try:
-            outcome = job.work(ctx)
+            outcome = self._run_work(job, ctx)
             ctx.close_stage()
             if job.status != "running":  # the watchdog already failed it; drop the late result
                 return
@@ -254,12 +291,40 @@ class JobQueue:
             self._finish(job, "failed", error=self._timeout_message())
         except ContentFiltered as e:
             self._finish(job, "filtered", error=str(e))
+        except OutOfGpuMemory as e:
+            log.error("job %s: %s", job.id, e)
+            self._finish(job, "failed", error=str(e))
         except Exception as e:  # a backend failure fails this job only; the worker keeps going
             log.exception("job %s failed", job.id)
             self._finish(job, "failed", error=f"{type(e).__name__}: {e}")
         finally:
             watchdog.cancel()
             self.metrics.job_seconds.labels(job.kind).observe(time.time() - (job.started or job.created))
+
+    def _run_work(self, job: Job, ctx: JobContext) -> Any:
+        """The job's work; after CUDA out-of-memory, free memory and run its leaner variant once.
+
+        Memory is freed after leaving each `except` block: until then the traceback keeps the failed call's frames,
+        and the tensors they hold, alive.
+        """
+        try:
+            return job.work(ctx)
+        except Exception as e:
+            if not is_cuda_oom(e):
+                raise
+        free_gpu_memory()
+        if job.lean is None:
+            raise OutOfGpuMemory(f"the GPU ran out of memory; {self.oom_advice}")
+        log.warning("job %s ran out of GPU memory; retrying once %s", job.id, job.lean.what)
+        job.note = f"the GPU ran out of memory; retried {job.lean.what} ({self.oom_advice})"
+        self.metrics.oom_retries.labels(job.kind).inc()
+        try:
+            return job.lean.work(ctx)
+        except Exception as e:
+            if not is_cuda_oom(e):
+                raise
+        free_gpu_memory()
+        raise OutOfGpuMemory(f"the GPU ran out of memory, also when retried {job.lean.what}; {self.oom_advice}")
 
     def _expire(self, job: Job) -> None:
         with self._cond:

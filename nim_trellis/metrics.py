@@ -23,6 +23,12 @@ class ServiceMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.oom_retries = Counter(
+            "trellis_oom_retries",
+            "Jobs retried in a leaner mode after CUDA out-of-memory, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.stage_seconds = Histogram(
             "trellis_stage_duration_seconds",
             "Time spent in each job stage.",

@@ -135,6 +135,7 @@ class JobStatus(BaseModel):
     output_format: str
     created: float
     finished: float | None
+    note: str | None = None  # extension: e.g. "the GPU ran out of memory; retried without texture (...)"
 
 
 class ImageGenerationRequest(BaseModel):
@@ -215,3 +216,7 @@ class HealthResponse(BaseModel):
     backends: dict[str, BackendHealth]
     queue_depth: int
     profile: str
+    vram_profile: str = "unlimited"  # the GPU memory plan (vram.py) and why it was chosen
+    vram_reason: str = ""
+    vram_applies: bool = False  # False when the models run on CPU
+    vram_lowered: list[str] = Field(default_factory=list)  # quality/speed knobs the plan turns down

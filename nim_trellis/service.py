@@ -1,19 +1,22 @@
 """Service logic behind the routers: model loading and health, 3D jobs, text-to-image and moderation.
 
 Routers call these methods and nothing else. All GPU work goes through `JobQueue` (one worker); the async methods
-only wait on job futures, so the event loop never blocks.
+only wait on job futures, so the event loop never blocks. The GPU memory plan (`vram.py`) sets the texture size,
+SANA's placement and TRELLIS's low-VRAM mode, and whether GPU stages take the VRAM lease (`vram_lease.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +26,7 @@ from config import Settings
 from nim_trellis.backends.base import Backend3D, MeshArtifact, StageReporter
 from nim_trellis.errors import ServiceError
 from nim_trellis.imagegen.sana import SanaImageGenerator
-from nim_trellis.jobs import ContentFiltered, Job, JobContext, JobQueue
+from nim_trellis.jobs import ContentFiltered, Job, JobContext, JobQueue, LeanRetry
 from nim_trellis.safety import SafetyGate, SafetyUnavailable
 from nim_trellis.schemas import (
     Artifact,
@@ -42,6 +45,8 @@ from nim_trellis.schemas import (
     parse_size,
     resolve_seed,
 )
+from vram import VramPlan, plan_3d
+from vram_lease import lease_for
 
 log = logging.getLogger("nim_trellis.service")
 
@@ -51,11 +56,12 @@ MODERATION_CATEGORY = "sexual"  # the classifiers we use detect sexual content o
 TEXT_STAGE_SHARE = 0.3  # share of a text-mode job's progress spent before the 3D backend starts
 
 
-def make_backend(settings: Settings) -> Backend3D:
+def make_backend(settings: Settings, plan: VramPlan) -> Backend3D:
     if settings.backend_3d == "trellis":
         from nim_trellis.backends.trellis import TrellisBackend
 
-        return TrellisBackend(settings)
+        fitted = settings.model_copy(update={"texture_size": plan.texture(settings.texture_size)})
+        return TrellisBackend(fitted, low_vram=plan.applies and plan.trellis_low_vram)
     from nim_trellis.backends.relief import ReliefBackend
 
     return ReliefBackend(settings)
@@ -79,10 +85,14 @@ class TrellisService:
         backend: Backend3D | None = None,
         imagegen: SanaImageGenerator | None = None,
         safety: SafetyGate | None = None,
+        vram: VramPlan | None = None,
     ) -> None:
         self.settings = settings
-        self.backend = backend or make_backend(settings)
-        self.imagegen = imagegen or SanaImageGenerator(settings)
+        self.vram = vram or plan_3d(settings)
+        self.lease = lease_for(settings, self.vram)
+        self.backend = backend or make_backend(settings, self.vram)
+        offload = self.vram.applies and self.vram.sana_placement == "offload"
+        self.imagegen = imagegen or SanaImageGenerator(settings, offload=offload)
         self.safety = safety or SafetyGate(settings)
         self.backend_health = BackendHealth(state="loading", detail=f"loading {self.backend.name}")
         self.queue = JobQueue(
@@ -91,6 +101,7 @@ class TrellisService:
             retention_s=settings.job_retention_s,
             results_dir=settings.data_dir / "jobs",
             retry_after_s=settings.trellis_retry_after_s,
+            oom_advice=self.vram.oom_advice(),
         )
         self._loader = threading.Thread(target=self.load_models, name="trellis-loader", daemon=True)
 
@@ -113,6 +124,7 @@ class TrellisService:
         self.imagegen.load()
         self.safety.load()
         log.info("model loading finished in %.1fs: %s", time.monotonic() - started, self.components())
+        log.info("GPU memory plan %s (%s): %s", self.vram.profile, self.vram.reason, self.vram.lowered or "as set")
 
     def components(self) -> dict[str, BackendHealth]:
         return {
@@ -142,6 +154,7 @@ class TrellisService:
             backends=parts,
             queue_depth=self.queue.depth(),
             profile=self.settings.profile,
+            **self.vram.health_fields(),
         )
 
     def require(self, *names: str) -> None:
@@ -188,7 +201,15 @@ class TrellisService:
             backend=self.backend.name,
             output_format=task.params.output_format,
             seed=task.params.seed,
+            lean=self._lean_3d(task),
         )
+
+    def _lean_3d(self, task: Task3D) -> LeanRetry:
+        """After CUDA out-of-memory: the same job without the texture bake (the largest peak), once."""
+        textured = task.params.output_format == "glb" and not task.params.no_texture
+        leaner = replace(task, params=replace(task.params, no_texture=True))
+        what = "without texture" if textured else "after freeing GPU memory"
+        return LeanRetry(what, lambda ctx: self._run_3d(leaner, ctx))
 
     def _run_3d(self, task: Task3D, ctx: JobContext) -> MeshArtifact:
         params, image = task.params, task.image
@@ -196,17 +217,24 @@ class TrellisService:
             ctx.stage("safety_prompt", 0.01)
             self._guard(self.safety.check_prompt, task.prompt, "prompt")
             if self.backend.supports_text:
-                return self.backend.text_to_mesh(task.prompt, params, ScaledReporter(ctx, 0.02, 1.0))
+                with self._gpu():
+                    return self.backend.text_to_mesh(task.prompt, params, ScaledReporter(ctx, 0.02, 1.0))
             ctx.stage("text_to_image", 0.02)
             side = self.settings.imagegen_size or 0
-            image = self.imagegen.generate(
-                task.prompt, n=1, width=side, height=side, seed=params.seed, steps=self.settings.imagegen_steps
-            )[0][0]
+            with self._gpu():
+                image = self.imagegen.generate(
+                    task.prompt, n=1, width=side, height=side, seed=params.seed, steps=self.settings.imagegen_steps
+                )[0][0]
         assert image is not None  # to_task guarantees an image or a prompt
         start = TEXT_STAGE_SHARE if task.mode == "text" else 0.0
         ctx.stage("safety_image", start + 0.01)
         self._guard(self.safety.check_image, image, "image")
-        return self.backend.image_to_mesh(image, params, ScaledReporter(ctx, start + 0.02, 1.0))
+        with self._gpu():
+            return self.backend.image_to_mesh(image, params, ScaledReporter(ctx, start + 0.02, 1.0))
+
+    def _gpu(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the VRAM lease around a GPU stage (a no-op unless the plan says the services take turns)."""
+        return self.lease.hold("3d", timeout_s=self.settings.job_timeout_s)
 
     @staticmethod
     def _guard(check: Callable, item: str | Image.Image, what: str) -> None:
@@ -264,13 +292,15 @@ class TrellisService:
             )
         seed, steps = resolve_seed(request.seed), request.steps or self.settings.imagegen_steps
 
-        def work(ctx: JobContext) -> list[tuple[Image.Image, int]]:
+        def work(ctx: JobContext, one_by_one: bool = False) -> list[tuple[Image.Image, int]]:
             ctx.stage("text_to_image", 0.1)
-            return self.imagegen.generate(
-                request.prompt, n=request.n, width=width, height=height, seed=seed, steps=steps
-            )
+            draw = self.imagegen.generate_one_by_one if one_by_one else self.imagegen.generate
+            with self._gpu():
+                return draw(request.prompt, n=request.n, width=width, height=height, seed=seed, steps=steps)
 
-        job = self.queue.submit("images", work, backend=self.imagegen.name, seed=seed)
+        what = "one image at a time" if request.n > 1 else "after freeing GPU memory"
+        lean = LeanRetry(what, lambda ctx: work(ctx, one_by_one=True))
+        job = self.queue.submit("images", work, backend=self.imagegen.name, seed=seed, lean=lean)
         await self.wait(job, is_disconnected)
         self.queue.discard(job)
         if job.status != "succeeded":

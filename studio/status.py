@@ -1,7 +1,8 @@
 """The status header and which actions are possible right now, from the services' health and the scene.
 
 Nothing here blocks the page: an action that cannot work is disabled and its label says why (Gradio buttons have
-no tooltip), and the header gives the full reason from the service's own health endpoint.
+no tooltip), and the header gives the full reason from the service's own health endpoint, and the GPU memory
+profile with the quality knobs it lowers when the services run on a GPU.
 """
 
 from __future__ import annotations
@@ -34,6 +35,21 @@ def _pill(name: str, h: Health, extra: str = "") -> str:
     )
 
 
+def vram_note(h: HealthSnapshot) -> str:
+    """The GPU memory profile the services report and what it lowers; empty when no service runs on a GPU."""
+    reports = [s.details for s in (h.llm, h.trellis) if s.details.get("vram_applies") and s.details.get("vram_profile")]
+    if not reports:
+        return ""
+    profiles = list(dict.fromkeys(str(r["vram_profile"]) for r in reports))
+    lowered = list(dict.fromkeys(str(k) for r in reports for k in r.get("vram_lowered") or []))
+    reasons = "; ".join(dict.fromkeys(str(r.get("vram_reason") or "") for r in reports))
+    knobs = f" · lowered: {html.escape(', '.join(lowered))}" if lowered else ""
+    return (
+        f'<span class="vram" title="{html.escape(reasons)}" style="color:#57606a">'
+        f"GPU profile {html.escape(' / '.join(profiles))}{knobs}</span>"
+    )
+
+
 def header_html(h: HealthSnapshot) -> str:
     depth = h.trellis.queue_depth
     queue = f" · queue {depth}" if depth is not None and h.trellis.state != "down" else ""
@@ -43,7 +59,8 @@ def header_html(h: HealthSnapshot) -> str:
         if can_draw or h.trellis.state != "ready"
         else (f' <span style="color:#9a6700">(images: {html.escape(why)}; upload your own images instead)</span>')
     )
-    return f'<div id="status-header">{_pill("LLM", h.llm)}{_pill("3D", h.trellis, queue)}{note}</div>'
+    pills = f"{_pill('LLM', h.llm)}{_pill('3D', h.trellis, queue)}"
+    return f'<div id="status-header">{pills}{note}{vram_note(h)}</div>'
 
 
 @dataclass

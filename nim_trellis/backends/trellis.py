@@ -8,6 +8,9 @@ thin: `Pipeline.from_pretrained(...)` then `.cuda()` (whose None result is never
 `to_glb` optimises the texture with autograd, so a textured run samples under `torch.no_grad()` instead (tensors
 made in inference mode cannot be saved for backward) and bakes with autograd on, as upstream's demo does.
 
+Low-VRAM mode (the 16gb and 24gb GPU memory profiles, `vram.py`) keeps the models in CPU memory and moves each
+to the GPU when it runs, pushing the previous one out (`place_per_stage`), so one stage's weights occupy the GPU.
+
 Images that already carry real alpha are cropped and premultiplied here exactly as upstream's `preprocess_image`
 does, and passed with `preprocess_image=False`, so rembg (and its u2net download) is never touched for them.
 """
@@ -55,11 +58,38 @@ def vertex_coloured_mesh(mesh: Any) -> Any:
     return trimesh.Trimesh(vertices, faces, vertex_colors=colours, process=False)
 
 
+def place_per_stage(pipe: Any) -> None:
+    """Low-VRAM mode: models stay on the CPU; a forward pre-hook moves each to the GPU as it runs and the others
+    back, and the pipeline's `device` (where it creates its inputs and noise) is pinned to the GPU."""
+    import torch
+
+    cuda = torch.device("cuda")
+    models = [m for m in pipe.models.values() if isinstance(m, torch.nn.Module)]
+
+    def to_gpu(module: torch.nn.Module, _args: Any) -> None:
+        with torch.inference_mode(False), torch.no_grad():  # weights stay normal tensors, movable in any mode
+            for other in models:
+                if other is not module and _on_gpu(other):
+                    other.to("cpu")
+            module.to(cuda)
+
+    for model in models:
+        model.register_forward_pre_hook(to_gpu)
+    cls = type(pipe)
+    pipe.__class__ = type(f"PerStage{cls.__name__}", (cls,), {"device": property(lambda _self: cuda)})
+
+
+def _on_gpu(module: Any) -> bool:
+    param = next(module.parameters(), None)
+    return param is not None and param.is_cuda
+
+
 class TrellisBackend:
     name = "trellis"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, low_vram: bool = False) -> None:
         self.settings = settings
+        self.low_vram = low_vram
         self.supports_text = bool(settings.trellis_text_model)
         self._image_pipe: Any = None
         self._text_pipe: Any = None
@@ -74,14 +104,19 @@ class TrellisBackend:
         from trellis.utils import postprocessing_utils
 
         self._post = postprocessing_utils
-        self._image_pipe = TrellisImageTo3DPipeline.from_pretrained(s.trellis_image_model)
-        self._image_pipe.cuda()  # returns None; the pipeline moves in place
+        self._image_pipe = self._place(TrellisImageTo3DPipeline.from_pretrained(s.trellis_image_model))
         if self.supports_text:
             from trellis.pipelines import TrellisTextTo3DPipeline
 
-            self._text_pipe = TrellisTextTo3DPipeline.from_pretrained(s.trellis_text_model)
-            self._text_pipe.cuda()
+            self._text_pipe = self._place(TrellisTextTo3DPipeline.from_pretrained(s.trellis_text_model))
         self._warm_up()
+
+    def _place(self, pipe: Any) -> Any:
+        if self.low_vram:
+            place_per_stage(pipe)
+        else:
+            pipe.cuda()  # returns None; the pipeline moves in place
+        return pipe
 
     def _warm_up(self) -> None:
         """One small run before readiness, so kernel selection/autotuning is not paid by the first request."""

@@ -1,7 +1,8 @@
 """Text-to-image with SANA-Sprint through diffusers' `SanaSprintPipeline` (bf16 on GPU, 2 steps by default).
 
-Loaded once and kept resident; called only from the worker thread. Each image of a batch gets its own seeded
-generator (seed, seed+1, ...), so any single image can be redrawn alone from the seed reported with it.
+Loaded once and kept resident (or, with `offload`, in CPU memory with each part moved to the GPU only while it
+runs: diffusers' `enable_model_cpu_offload`); called only from the worker thread. Each image of a batch gets its
+own seeded generator (seed, seed+1, ...), so any single image can be redrawn alone from the seed reported with it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ DISTILLED_STEPS = 2  # SANA-Sprint's distilled schedule; other step counts need 
 
 
 class SanaImageGenerator:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, offload: bool = False) -> None:
         self.settings = settings
         self.model_id = settings.imagegen_model or ""
         self.device = settings.imagegen_device or "cpu"
+        self.offload = offload and self.device.startswith("cuda")
         self.name = "tiny-sana" if self.model_id == BUILTIN_TINY_SANA else f"sana-sprint:{self.model_id}"
         self.health = BackendHealth(
             state="loading" if self.model_id else "off",
@@ -51,15 +53,29 @@ class SanaImageGenerator:
             source = ensure_tiny_sana(self.settings.cache_dir) if self.model_id == BUILTIN_TINY_SANA else self.model_id
             dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
             pipe = SanaSprintPipeline.from_pretrained(str(source), dtype=dtype, token=self.settings.token)
-            pipe.to(self.device)
+            if self.offload:
+                pipe.enable_model_cpu_offload(device=self.device)
+            else:
+                pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
             self._pipe = pipe
-            self.health = BackendHealth(state="ready", detail=f"{self.model_id} on {self.device} ({dtype})")
+            where = f"{self.device}, offloaded when idle" if self.offload else self.device
+            self.health = BackendHealth(state="ready", detail=f"{self.model_id} on {where} ({dtype})")
         except Exception as e:  # leaves the service live but not ready, with the reason in health
             log.exception("text-to-image model %s failed to load", self.model_id)
             self.health = BackendHealth(
                 state="error", detail=f"could not load {self.model_id}: {type(e).__name__}: {e}"
             )
+
+    def generate_one_by_one(
+        self, prompt: str, *, n: int, width: int, height: int, seed: int, steps: int
+    ) -> list[tuple[Image.Image, int]]:
+        """The same images and seeds as `generate`, drawn one at a time (less memory; the leaner retry)."""
+        images: list[tuple[Image.Image, int]] = []
+        for i in range(n):
+            one_seed = (seed + i - 1) % MAX_SEED + 1
+            images += self.generate(prompt, n=1, width=width, height=height, seed=one_seed, steps=steps)
+        return images
 
     def generate(
         self, prompt: str, *, n: int, width: int, height: int, seed: int, steps: int
