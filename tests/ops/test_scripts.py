@@ -257,20 +257,24 @@ def test_install_help_and_bad_arguments() -> None:
     assert profile.returncode == 1 and "unknown profile 'huge'" in profile.stderr
 
 
-def test_install_writes_env_with_token_from_environment_never_a_placeholder(tmp_path: Path) -> None:
-    for name in ("install.sh", ".env.example"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    # PYTHON=false stops the native install right after .env is written: only that step is under test here.
-    env = clean_env(PYTHON="false", HF_TOKEN="hf_secret123")
-    out = subprocess.run(
+def install_gpu_native(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         ["./install.sh", "--native", "--profile", "gpu"],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_install_writes_env_with_token_from_environment_never_a_placeholder(tmp_path: Path) -> None:
+    for name in ("install.sh", ".env.example"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    # PYTHON=false stops the native install right after .env is written: only that step is under test here.
+    env = clean_env(PYTHON="false", HF_TOKEN="hf_secret123")
+    out = install_gpu_native(tmp_path, env)
     assert "older than Python 3.11" in out.stderr
     assert "hf_secret123" not in out.stdout + out.stderr, "the token is never printed"
     text = (tmp_path / ".env").read_text()
@@ -278,15 +282,7 @@ def test_install_writes_env_with_token_from_environment_never_a_placeholder(tmp_
     assert oct((tmp_path / ".env").stat().st_mode & 0o777) == "0o600"
     (tmp_path / ".env").unlink()
     env.pop("HF_TOKEN")
-    out = subprocess.run(
-        ["./install.sh", "--native", "--profile", "gpu"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    out = install_gpu_native(tmp_path, env)
     text = (tmp_path / ".env").read_text()
     assert "\nHF_TOKEN=\n" in text, "a skipped token stays empty"
     assert "HF_TOKEN is empty" in out.stdout
