@@ -300,6 +300,12 @@ class Settings(BaseSettings):
     ui_plan_max_tokens: int = Field(4096, ge=64, **_desc("Token budget of one scene-plan call.", "ui"))
     ui_plan_attempts: int = Field(2, ge=1, le=5, **_desc("Scene-plan calls tried before telling the user.", "ui"))
     ui_history_turns: int = Field(12, ge=1, **_desc("Chat messages sent to the LLM as context.", "ui"))
+    ui_chat_temperature: float = Field(
+        0.7, ge=0.0, le=2.0, **_desc("Sampling temperature of the studio's chat answers.", "ui")
+    )
+    ui_plan_temperature: float = Field(
+        0.2, ge=0.0, le=2.0, **_desc("Sampling temperature of scene-plan calls (low: steadier plans).", "ui")
+    )
 
     # --- GPU memory (vram.py) ------------------------------------------------------------------------------
     vram_profile: Literal["auto", "16gb", "24gb", "32gb", "48gb", "unlimited"] = Field(

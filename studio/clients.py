@@ -144,7 +144,7 @@ class LLMClient(_Service):
 
     async def stream_chat(self, messages: list[dict[str, str]], *, max_tokens: int) -> AsyncIterator[str]:
         """Yield content deltas as they arrive (SSE), ending at `data: [DONE]`."""
-        body = self._body(messages, stream=True, max_tokens=max_tokens, temperature=0.7)
+        body = self._body(messages, stream=True, max_tokens=max_tokens, temperature=self.settings.ui_chat_temperature)
         timeout = httpx.Timeout(self.settings.ui_http_timeout_s, connect=5.0)
         for attempt in range(self.settings.ui_http_retries + 1):
             try:
@@ -170,7 +170,9 @@ class LLMClient(_Service):
     ) -> str:
         """One `json_schema` call; returns the raw content for the caller to validate."""
         fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
-        body = self._body(messages, max_tokens=max_tokens, temperature=0.2, response_format=fmt)
+        body = self._body(
+            messages, max_tokens=max_tokens, temperature=self.settings.ui_plan_temperature, response_format=fmt
+        )
         r = await self._send("POST", "/chat/completions", json=body, timeout=self.settings.ui_http_timeout_s)
         try:
             return str(r.json()["choices"][0]["message"]["content"] or "")
