@@ -27,7 +27,7 @@ from nim_trellis.backends.base import Backend3D, MeshArtifact, StageReporter
 from nim_trellis.errors import ServiceError
 from nim_trellis.imagegen.sana import SanaImageGenerator
 from nim_trellis.jobs import ContentFiltered, Job, JobContext, JobQueue, LeanRetry
-from nim_trellis.safety import SafetyGate, SafetyUnavailable
+from nim_trellis.safety import Decision, SafetyGate, SafetyUnavailable
 from nim_trellis.schemas import (
     Artifact,
     BackendHealth,
@@ -310,12 +310,16 @@ class TrellisService:
         return ImageGenerationResponse(created=int(time.time()), data=data, backend=self.imagegen.name)
 
     def _checked_prompt(self, prompt: str) -> bool:
+        return self._prompt_decision(prompt, "prompt").flagged
+
+    def _prompt_decision(self, text: str, what: str) -> Decision:
+        """The prompt classifier's decision; a classifier that cannot answer is a 503, never a filter decision."""
         try:
-            return self.safety.check_prompt(prompt).flagged
+            return self.safety.check_prompt(text)
         except SafetyUnavailable as e:
             raise ServiceError(
                 503,
-                f"Cannot check the prompt: {e}",
+                f"Cannot check the {what}: {e}",
                 code="safety_unavailable",
                 retry_after_s=self.settings.trellis_retry_after_s,
             ) from e
@@ -338,15 +342,7 @@ class TrellisService:
         return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=model, results=results)
 
     def _moderate_one(self, text: str) -> tuple[bool, float]:
-        try:
-            d = self.safety.check_prompt(text)
-        except SafetyUnavailable as e:
-            raise ServiceError(
-                503,
-                f"Cannot check the text: {e}",
-                code="safety_unavailable",
-                retry_after_s=self.settings.trellis_retry_after_s,
-            ) from e
+        d = self._prompt_decision(text, "text")
         return d.flagged, round(d.score, 6)
 
 

@@ -207,18 +207,22 @@ def run(s: Settings, plan_only: bool = False) -> list[tuple[str, bool, str]]:
             ok, msg = fetch_hub(n, s, online)
             rows.append((label, ok, msg if ok else f"{msg} -> {n.affects}"))
     if trellis:
-        label = f"DINOv2 ({DINOV2_MODEL}, torch.hub)"
-        if plan_only:
-            rows.append((label, True, "would be fetched into TORCH_HOME"))
-        else:
-            ok, msg = fetch_dinov2(online)
-            rows.append((label, ok, msg if ok else f"{msg} -> the 3D service will not be ready"))
-        label = f"rembg {U2NET_MODEL} (U2NET_HOME)"
-        if plan_only:
-            rows.append((label, True, "would be fetched into U2NET_HOME"))
-        else:
-            ok, msg = fetch_u2net(online)
-            rows.append((label, ok, msg if ok else f"{msg} -> images without transparency cannot be cut out for 3D"))
+        # (label, where it goes, fetcher, what fails without it): TRELLIS's own downloads outside the HF hub.
+        extras = [
+            (f"DINOv2 ({DINOV2_MODEL}, torch.hub)", "TORCH_HOME", fetch_dinov2, "the 3D service will not be ready"),
+            (
+                f"rembg {U2NET_MODEL} (U2NET_HOME)",
+                "U2NET_HOME",
+                fetch_u2net,
+                "images without transparency cannot be cut out for 3D",
+            ),
+        ]
+        for label, home, fetch, affects in extras:
+            if plan_only:
+                rows.append((label, True, f"would be fetched into {home}"))
+            else:
+                ok, msg = fetch(online)
+                rows.append((label, ok, msg if ok else f"{msg} -> {affects}"))
     return rows
 
 
