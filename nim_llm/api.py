@@ -113,6 +113,8 @@ async def health_ready(request: Request) -> Response:
     if not model.ready:
         raise not_ready(model.reason, request.app.state.settings.llm_retry_after_s)
     body = {"object": "health.response", "message": "Service is ready.", **request.app.state.vram.health_fields()}
+    # On the 16gb/24gb profiles answers queue while a 3D stage has the GPU; clients see why they wait.
+    body["waiting_for_gpu"] = bool(model.engine and model.engine.waiting_for_gpu)
     return JSONResponse(body)
 
 

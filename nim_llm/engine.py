@@ -8,6 +8,11 @@ a sequence with a `sink` callback and receives events from this thread.
 The public surface (`submit`, `cancel`, `running`, `waiting`, `start`, `stop`, `tokenizer`, `max_context`,
 `grammars`) is what `serving` relies on. The batch behind the loop is either `batch.PaddedBatch` (eager, any
 model, CPU and GPU) or `slots.SlotBatch` (static KV cache, compiled and CUDA-graphed decode; LLM_ENGINE).
+
+On the small-GPU memory profiles the engine shares the GPU with the 3D service through the VRAM lease
+(`vram_lease.py`): it takes the lease before admitting answers into an empty batch, releases it when the batch
+empties, and while the 3D service waits it admits nothing new, so the running answers end and the 3D stage runs.
+The engine never blocks on the lease; queued answers keep their timeouts and can be cancelled while they wait.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from nim_llm.errors import internal, timed_out
 from nim_llm.sampling import SamplingParams
 from nim_llm.sequence import Event, Sequence
 from nim_llm.structured import GrammarCache
+from vram_lease import POLL_S, VramLease
 
 log = logging.getLogger("nim_llm.engine")
 
@@ -50,6 +56,7 @@ class Engine:
         json_max_close_tokens: int,
         model_id: str = "",
         batch: Any = None,
+        lease: VramLease | None = None,
     ) -> None:
         self.model = model.eval()
         self.model_id = model_id
@@ -64,6 +71,7 @@ class Engine:
             tokenizer, logits_size(model), sorted(self.eos_ids), grammar_cache_size, json_max_close_tokens
         )
         self._batch = batch if batch is not None else PaddedBatch(model)
+        self._lease = lease
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
@@ -78,6 +86,11 @@ class Engine:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def waiting_for_gpu(self) -> bool:
+        """Answers are queued while the 3D service has the GPU (VRAM lease)."""
+        return self._lease is not None and self._lease.wanting
+
     def start(self) -> None:
         self._thread.start()
 
@@ -86,6 +99,9 @@ class Engine:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout=30)
+        if self._lease is not None:
+            self._lease.want(False)
+            self._lease.release()
         # Whoever still waits gets an answer instead of hanging until its own timeout.
         for seq in [*self._waiting, *self._batch.seqs]:
             if not seq.finished:
@@ -136,7 +152,10 @@ class Engine:
             if not self._waiting and not len(self._batch):
                 self._wake.wait(self.idle_wait_s)
             self._expire_waiting()
-            admitted = self._pop_admissible()
+            admitted = self._pop_admissible() if self._gpu_turn() else []
+            if self._waiting and not admitted and not len(self._batch):
+                self._wake.wait(POLL_S)  # the 3D service has the GPU: look again shortly
+                return
         self._expire_running()
         for seq, pick in self._batch.admit(admitted):
             self._advance(seq, pick)
@@ -151,6 +170,24 @@ class Engine:
                 else:
                     self._advance(seq, lambda token=token: token)
             self._batch.remove_finished()
+        if self._lease is not None and not len(self._batch):
+            self._lease.release()
+
+    def _gpu_turn(self) -> bool:
+        """Whether new answers may join the batch now, as far as the VRAM lease is concerned."""
+        lease = self._lease
+        if lease is None or not lease.enabled:
+            return True
+        if not self._waiting:
+            lease.want(False)
+            return True
+        if lease.held:
+            return not lease.others_waiting()  # the 3D service waits: finish the running answers, then hand over
+        if lease.try_acquire():
+            lease.want(False)
+            return True
+        lease.want(True)
+        return False
 
     @staticmethod
     def _advance(seq: Sequence, pick: Callable[[], int]) -> None:

@@ -15,6 +15,8 @@ from nim_llm.engine import Engine
 from nim_llm.sampling import SamplingParams
 from nim_llm.sequence import ErrorEvent, Event, FinishEvent
 from nim_llm.serving import ModelState
+from vram import llm_plan
+from vram_lease import lease_for
 
 log = logging.getLogger("nim_llm.startup")
 WARMUP_MESSAGES = [{"role": "user", "content": "Hello!"}]
@@ -59,6 +61,7 @@ def build_engine(settings: Settings) -> Engine:
         json_max_close_tokens=settings.llm_json_max_close_tokens,
         model_id=loaded.model_id,
         batch=batch,
+        lease=lease_for(settings, llm_plan(settings), role="llm"),
     )
 
 

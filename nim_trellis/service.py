@@ -89,7 +89,7 @@ class TrellisService:
     ) -> None:
         self.settings = settings
         self.vram = vram or plan_3d(settings)
-        self.lease = lease_for(settings, self.vram)
+        self.lease = lease_for(settings, self.vram, role="3d")
         self.backend = backend or make_backend(settings, self.vram)
         offload = self.vram.applies and self.vram.sana_placement == "offload"
         self.imagegen = imagegen or SanaImageGenerator(settings, offload=offload)
@@ -234,7 +234,7 @@ class TrellisService:
 
     def _gpu(self) -> contextlib.AbstractContextManager[None]:
         """Hold the VRAM lease around a GPU stage (a no-op unless the plan says the services take turns)."""
-        return self.lease.hold("3d", timeout_s=self.settings.job_timeout_s)
+        return self.lease.hold(timeout_s=self.settings.job_timeout_s)
 
     @staticmethod
     def _guard(check: Callable, item: str | Image.Image, what: str) -> None:

@@ -45,9 +45,9 @@ def test_3d_health_on_cpu_changes_nothing(make_settings) -> None:
 
 def test_3d_worker_waits_for_the_lease(make_settings, tmp_path: Path) -> None:
     settings = make_settings(imagegen_model="", run_dir=tmp_path)
-    llm_side = VramLease(tmp_path / LEASE_FILE, enabled=True)
+    llm_side = VramLease(tmp_path / LEASE_FILE, enabled=True, role="llm")
     with serve_3d(settings, resolve_plan("16gb", "cuda")) as url:
-        llm_side.acquire("llm")
+        llm_side.acquire()
         try:
             job_id = httpx.post(f"{url}/v1/jobs", json={"image": encode(disc_image())}).json()["id"]
             time.sleep(1.0)
@@ -60,8 +60,8 @@ def test_3d_worker_waits_for_the_lease(make_settings, tmp_path: Path) -> None:
 
 def test_3d_worker_ignores_the_lease_when_the_plan_does_not_need_it(make_settings, tmp_path: Path) -> None:
     settings = make_settings(imagegen_model="", run_dir=tmp_path)
-    llm_side = VramLease(tmp_path / LEASE_FILE, enabled=True)
-    with serve_3d(settings, resolve_plan("48gb", "cuda")) as url, llm_side.hold("llm"):
+    llm_side = VramLease(tmp_path / LEASE_FILE, enabled=True, role="llm")
+    with serve_3d(settings, resolve_plan("48gb", "cuda")) as url, llm_side.hold():
         job_id = httpx.post(f"{url}/v1/jobs", json={"image": encode(disc_image())}).json()["id"]
         assert wait_job(url, job_id, {"succeeded", "failed"})["status"] == "succeeded"
 
@@ -77,3 +77,4 @@ def test_llm_health_reports_the_profile(tmp_path_factory: pytest.TempPathFactory
         body = wait_http(f"{url}/v1/health/ready", timeout_s=120).json()
     assert body["message"] == "Service is ready." and body["vram_profile"] == "24gb"
     assert "8-bit LLM" in body["vram_lowered"] and "LLM batch 4" in body["vram_lowered"]
+    assert body["waiting_for_gpu"] is False

@@ -14,9 +14,9 @@ HOLD_S = 0.4
 
 
 def _hold(path: str, name: str, log: str, ready: object) -> None:
-    lease = VramLease(Path(path), enabled=True)
+    lease = VramLease(Path(path), enabled=True, role=name)
     ready.wait()  # type: ignore[attr-defined]
-    with lease.hold(name), open(log, "a") as f:
+    with lease.hold(), open(log, "a") as f:
         f.write(f"{name} start {time.monotonic()}\n")
         f.flush()
         time.sleep(HOLD_S)
@@ -43,20 +43,20 @@ def test_lease_excludes_across_processes(tmp_path: Path) -> None:
 
 
 def test_lease_times_out_while_another_holds_it(tmp_path: Path) -> None:
-    first = VramLease(tmp_path / "vram.lease", enabled=True)
-    second = VramLease(tmp_path / "vram.lease", enabled=True)
-    with first.hold("3d"):
+    first = VramLease(tmp_path / "vram.lease", enabled=True, role="3d")
+    second = VramLease(tmp_path / "vram.lease", enabled=True, role="llm")
+    with first.hold():
         started = time.monotonic()
         with pytest.raises(LeaseTimeout):
-            second.acquire("llm", timeout_s=0.2)
+            second.acquire(timeout_s=0.2)
         assert time.monotonic() - started < 2
-    with second.hold("llm"):  # free again once released
+    with second.hold():  # free again once released
         assert second.held
     assert not second.held
 
 
 def test_disabled_lease_is_a_no_op(tmp_path: Path) -> None:
     lease = VramLease(tmp_path / "run" / "vram.lease", enabled=False)
-    with lease.hold("3d"), lease.hold("3d"):
+    with lease.hold(), lease.hold():
         pass
     assert not (tmp_path / "run").exists()
