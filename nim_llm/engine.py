@@ -28,10 +28,11 @@ from typing import Any
 import torch
 
 from nim_llm.batch import PaddedBatch
-from nim_llm.errors import internal, timed_out
+from nim_llm.errors import APIError, internal, timed_out
 from nim_llm.sampling import SamplingParams
 from nim_llm.sequence import Event, Sequence
 from nim_llm.structured import GrammarCache
+from vram import free_gpu_memory, is_cuda_oom
 from vram_lease import POLL_S, VramLease
 
 log = logging.getLogger("nim_llm.engine")
@@ -57,6 +58,7 @@ class Engine:
         model_id: str = "",
         batch: Any = None,
         lease: VramLease | None = None,
+        oom_advice: str = "choose a smaller VRAM_PROFILE",
     ) -> None:
         self.model = model.eval()
         self.model_id = model_id
@@ -72,6 +74,7 @@ class Engine:
         )
         self._batch = batch if batch is not None else PaddedBatch(model)
         self._lease = lease
+        self.oom_advice = oom_advice
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._wake = threading.Condition()
         self._stopping = False
@@ -143,8 +146,9 @@ class Engine:
                     self._turn()
                 except Exception as err:  # a bad step must not kill the server: fail its sequences, go on
                     log.exception("engine step failed")
+                    error = self._failure(err)
                     for seq in self._batch.seqs:
-                        seq.fail(internal(f"generation failed: {err}"))
+                        seq.fail(error)
                     self._batch.remove_finished()
 
     def _turn(self) -> None:
@@ -189,14 +193,24 @@ class Engine:
         lease.want(True)
         return False
 
-    @staticmethod
-    def _advance(seq: Sequence, pick: Callable[[], int]) -> None:
+    def _advance(self, seq: Sequence, pick: Callable[[], int]) -> None:
         # A failure that belongs to one sequence (its prompt, its grammar) fails that sequence only.
         try:
             seq.append(pick())
         except Exception as err:
             log.exception("sequence %s failed", seq.id)
-            seq.fail(internal(f"generation failed: {err}"))
+            seq.fail(self._failure(err))
+
+    def _failure(self, err: Exception) -> APIError:
+        """The error a failed step gives its sequences. Out of GPU memory is survivable: the memory is freed and
+        the batch limit halved (the leaner mode), so the next answers fit; the message names the profile to pick."""
+        if not is_cuda_oom(err):
+            return internal(f"generation failed: {err}")
+        free_gpu_memory()
+        if self.max_batch_size > 1:
+            self.max_batch_size //= 2
+            log.warning("out of GPU memory: the batch limit is now %d", self.max_batch_size)
+        return internal(f"the GPU ran out of memory while generating; {self.oom_advice}")
 
     def _pop_admissible(self) -> list[Sequence]:
         admitted = []

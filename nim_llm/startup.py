@@ -44,6 +44,7 @@ def build_engine(settings: Settings) -> Engine:
     from nim_llm.loading import load_model
 
     loaded = load_model(settings)
+    plan = llm_plan(settings)
     slots = int(settings.llm_max_batch_size or 1)
     batch, max_context = None, loaded.max_context
     if engine_kind(settings, loaded.model) == "static":
@@ -61,7 +62,8 @@ def build_engine(settings: Settings) -> Engine:
         json_max_close_tokens=settings.llm_json_max_close_tokens,
         model_id=loaded.model_id,
         batch=batch,
-        lease=lease_for(settings, llm_plan(settings), role="llm"),
+        lease=lease_for(settings, plan, role="llm"),
+        oom_advice=plan.oom_advice(),
     )
 
 

@@ -1,4 +1,5 @@
-"""The LLM engine takes turns with the 3D service through the VRAM lease (16gb/24gb profiles).
+"""The LLM engine on a small GPU: it takes turns with the 3D service through the VRAM lease (16gb/24gb profiles),
+and out of GPU memory fails the answers of that step with advice, never the engine.
 
 A second `VramLease` object with role "3d" plays the 3D worker; flock treats two open files of one process like
 two processes, so this is the real cross-process protocol.
@@ -10,14 +11,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from config import Settings
+from nim_llm.batch import PaddedBatch
 from nim_llm.engine import Engine
 from nim_llm.loading import load_model
 from nim_llm.sampling import SamplingParams
 from nim_llm.sequence import ErrorEvent, Event, FinishEvent, TokenEvent
+from tests.vram.conftest import cuda_oom
 from vram_lease import LEASE_FILE, VramLease
 
 HOLD_S = 0.3
@@ -36,9 +40,8 @@ def lease_path(tmp_path: Path) -> Path:
     return tmp_path / LEASE_FILE
 
 
-@pytest.fixture
-def engine(tiny, lease_path: Path) -> Iterator[Engine]:
-    engine = Engine(
+def new_engine(tiny: Any, **extra: Any) -> Engine:
+    return Engine(
         tiny.model,
         tiny.tokenizer,
         max_batch_size=4,
@@ -48,11 +51,30 @@ def engine(tiny, lease_path: Path) -> Iterator[Engine]:
         idle_wait_s=0.05,
         grammar_cache_size=4,
         json_max_close_tokens=16,
-        lease=VramLease(lease_path, enabled=True, role="llm"),
+        **extra,
     )
+
+
+@pytest.fixture
+def engine(tiny: Any, lease_path: Path) -> Iterator[Engine]:
+    engine = new_engine(tiny, lease=VramLease(lease_path, enabled=True, role="llm"))
     engine.start()
     yield engine
     engine.stop()
+
+
+class OomOnceBatch(PaddedBatch):
+    """The eager batch, whose next decode step runs out of CUDA memory once."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
+        self.failures = 1
+
+    def step(self) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise cuda_oom()
+        return super().step()
 
 
 class Answer:
@@ -146,3 +168,17 @@ def test_a_releasing_holder_lets_the_waiting_role_go_first(lease_path: Path) -> 
     llm.release()
     assert three_d.try_acquire()
     three_d.release()
+
+
+def test_out_of_gpu_memory_fails_that_step_with_advice_and_the_engine_goes_on_leaner(tiny: Any) -> None:
+    engine = new_engine(tiny, batch=OomOnceBatch(tiny.model), oom_advice="set VRAM_PROFILE=16gb (now 24gb)")
+    engine.start()
+    try:
+        _, failed = submit(engine, 8)
+        assert failed.done.wait(30) and failed.error is not None
+        assert "ran out of memory" in failed.error.error.message and "VRAM_PROFILE=16gb" in failed.error.error.message
+        assert engine.max_batch_size == 2  # the leaner mode: half the batch from now on
+        _, answered = submit(engine, 8)
+        assert answered.done.wait(30) and answered.error is None
+    finally:
+        engine.stop()
