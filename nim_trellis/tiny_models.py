@@ -115,6 +115,17 @@ def build_image_classifier(dest: Path, force: Force = "safe") -> Path:
     return build_once(dest, build)
 
 
+def byte_fallback_gemma_tokenizer():  # -> transformers.GemmaTokenizer
+    """A Gemma tokenizer with Gemma's special tokens at their real ids (pad 0, eos 1, bos 2, unk 3) and one token per
+    byte: any text encodes without a download, and every id is far below Gemma's vocabulary size."""
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    vocab.update({f"<0x{b:02X}>": len(specials) + b for b in range(256)})  # byte fallback covers any text
+    return GemmaTokenizer(vocab=vocab, merges=[])
+
+
 def build_sana(dest: Path) -> Path:
     """SanaSprintPipeline from diffusers' fast-test-sized configs with a byte-fallback Gemma tokenizer.
 
@@ -125,7 +136,7 @@ def build_sana(dest: Path) -> Path:
     def build(path: Path) -> None:
         import torch
         from diffusers import AutoencoderDC, SanaSprintPipeline, SanaTransformer2DModel, SCMScheduler
-        from transformers import Gemma2Config, Gemma2Model, GemmaTokenizer
+        from transformers import Gemma2Config, Gemma2Model
 
         torch.manual_seed(0)
         latent, hidden = 4, 8
@@ -162,10 +173,7 @@ def build_sana(dest: Path) -> Path:
             decoder_act_fns="silu",
             scaling_factor=0.41407,
         )
-        specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
-        vocab = {tok: i for i, tok in enumerate(specials)}
-        vocab.update({f"<0x{b:02X}>": len(specials) + b for b in range(256)})  # byte fallback covers any text
-        tokenizer = GemmaTokenizer(vocab=vocab, merges=[])
+        tokenizer = byte_fallback_gemma_tokenizer()
         text_encoder = Gemma2Model(
             Gemma2Config(
                 head_dim=16,
