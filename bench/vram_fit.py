@@ -292,7 +292,7 @@ def fit_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
         common += ["--random-weights", str(args.random_weights)]
         if args.random_weights_layers is not None:
             common += ["--random-weights-layers", str(args.random_weights_layers)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if args.smoke or args.random_weights:
         env["HF_HUB_OFFLINE"] = "1"  # nothing may reach for the hub, not even a library's version check
     with tempfile.TemporaryDirectory(prefix=f"vram-fit-{profile}-") as run_dir:
