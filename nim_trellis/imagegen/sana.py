@@ -1,7 +1,8 @@
 """Text-to-image with SANA-Sprint through diffusers' `SanaSprintPipeline` (bf16 on GPU, 2 steps by default).
 
 Loaded once and kept resident (or, with `offload`, in CPU memory with each part moved to the GPU only while it
-runs: diffusers' `enable_model_cpu_offload`); called only from the worker thread. Each image of a batch gets its
+runs: diffusers' `enable_model_cpu_offload`); called only from the worker thread. Latents are decoded one image at a
+time (see `_decode`). Each image of a batch gets its
 own seeded generator (seed, seed+1, ...), so any single image can be redrawn alone from the seed reported with it.
 """
 
@@ -91,7 +92,7 @@ class SanaImageGenerator:
         if self.model_id == BUILTIN_TINY_SANA:
             kwargs["complex_human_instruction"] = None  # a 1 kB instruction prefix would dominate a tiny model's time
         with torch.inference_mode():
-            out = self._pipe(
+            latents = self._pipe(
                 prompt=prompt,
                 num_images_per_prompt=n,
                 generator=generators,
@@ -99,6 +100,16 @@ class SanaImageGenerator:
                 width=width,
                 num_inference_steps=steps,
                 use_resolution_binning=False,
+                output_type="latent",
                 **kwargs,
-            )
-        return list(zip(out.images, seeds, strict=True))
+            ).images
+            images = [self._decode(latents[i : i + 1]) for i in range(len(latents))]
+        return list(zip(images, seeds, strict=True))
+
+    def _decode(self, latent: Any) -> Image.Image:
+        """One image from its latent. Done here, one at a time, rather than by the pipeline: decoding a batch of
+        1024² images at once needs several GiB more, and the pipeline turns an out-of-memory in its decode into a
+        warning followed by an unrelated error, which would hide it from the leaner retry."""
+        vae = self._pipe.vae
+        pixels = vae.decode(latent.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return self._pipe.image_processor.postprocess(pixels, output_type="pil")[0]
