@@ -8,7 +8,7 @@ never by the UI.
 
 Budgets (GiB, weights in bf16 unless said; estimates to be replaced by `bench/vram_fit.py` measurements):
 
-- Llama-3.1-8B: bf16 ≈ 16, 8-bit (bitsandbytes LLM.int8) ≈ 8.5, 4-bit (bitsandbytes NF4) ≈ 5.5. KV cache:
+- Llama-3.1-8B: bf16 ≈ 15, 8-bit (weight-only int8, `nim_llm/int8.py`) ≈ 8, 4-bit (bitsandbytes NF4) ≈ 5.2. KV cache:
   128 KiB per token (32 layers × 8 KV heads × 128 dims × K and V × 2 bytes), so one 4096-token slot ≈ 0.5 GiB,
   and the static engine preallocates `batch × context` of them.
 - SANA-Sprint 0.6B + its Gemma-2 2B text encoder + DC-AE VAE ≈ 6 resident; offloaded (diffusers
@@ -123,15 +123,18 @@ class VramPlan:
             update["llm_slot_tokens"] = min(settings.llm_slot_tokens, self.llm_max_context)
         return settings.model_copy(update=update) if update else settings
 
+    @property
+    def int8_llm(self) -> bool:
+        """8-bit LLM weights: our own weight-only int8 (`nim_llm/int8.py`), which the static engine compiles."""
+        return self.applies and self.llm_weights == "8bit"
+
     def quantization_config(self) -> Any | None:
-        """transformers' `BitsAndBytesConfig` for 8-/4-bit weights, else None (needs `bitsandbytes` on CUDA)."""
-        if not self.applies or self.llm_weights == "bf16":
+        """transformers' `BitsAndBytesConfig` for 4-bit NF4 weights, else None (needs `bitsandbytes` on CUDA)."""
+        if not self.applies or self.llm_weights != "4bit":
             return None
         import torch
         from transformers import BitsAndBytesConfig
 
-        if self.llm_weights == "8bit":
-            return BitsAndBytesConfig(load_in_8bit=True)
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
 
     def not_applied(self) -> VramPlan:

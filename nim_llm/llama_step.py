@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from nim_llm.int8 import Int8Linear
+
 log = logging.getLogger("nim_llm.llama_step")
 
 SUPPORTED_TYPES = ("llama", "mistral")
@@ -28,6 +30,11 @@ class LayerWeights(NamedTuple):
     ln2: torch.Tensor
     wgu: torch.Tensor  # gate and up projections stacked
     wd: torch.Tensor
+    # Per-output-channel scales of int8 weights (`nim_llm/int8.py`); None for bf16 weights.
+    sqkv: torch.Tensor | None = None
+    so: torch.Tensor | None = None
+    sgu: torch.Tensor | None = None
+    sd: torch.Tensor | None = None
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -46,27 +53,43 @@ def unsupported_reason(model: Any) -> str | None:
 
 def layer_weights(layer: Any) -> LayerWeights:
     attn, mlp = layer.self_attn, layer.mlp
-    return LayerWeights(
+    qkv, gate_up = [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]
+    weights = LayerWeights(
         layer.input_layernorm.weight,
-        stack_in_place([attn.q_proj, attn.k_proj, attn.v_proj]),
+        stack_in_place(qkv),
         attn.o_proj.weight,
         layer.post_attention_layernorm.weight,
-        stack_in_place([mlp.gate_proj, mlp.up_proj]),
+        stack_in_place(gate_up),
         mlp.down_proj.weight,
+    )
+    if not isinstance(attn.o_proj, Int8Linear):
+        return weights
+    return weights._replace(
+        sqkv=stack_in_place(qkv, "scale"),
+        so=attn.o_proj.scale,
+        sgu=stack_in_place(gate_up, "scale"),
+        sd=mlp.down_proj.scale,
     )
 
 
 @torch.no_grad()
-def stack_in_place(linears: list[Any]) -> torch.Tensor:
-    """One weight matrix holding `linears`' rows; each module's weight becomes a view of it (no extra memory),
+def stack_in_place(linears: list[Any], attr: str = "weight") -> torch.Tensor:
+    """One tensor holding `linears`' rows of `attr`; each module's tensor becomes a view of it (no extra memory),
     so the transformers forward (used for prefill) reads the same numbers."""
-    stacked = torch.cat([linear.weight.data for linear in linears])
+    stacked = torch.cat([getattr(linear, attr).data for linear in linears])
     start = 0
     for linear in linears:
-        rows = linear.weight.shape[0]
-        linear.weight.data = stacked[start : start + rows]
+        rows = getattr(linear, attr).shape[0]
+        getattr(linear, attr).data = stacked[start : start + rows]
         start += rows
     return stacked
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """`x @ weight.T`, dequantising int8 weights by their per-channel scales (compiled into the step)."""
+    if scale is None:
+        return F.linear(x, weight)
+    return F.linear(x, weight.to(x.dtype)) * scale
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -98,7 +121,7 @@ def make_decode_layer(n_heads: int, n_kv: int, head_dim: int, intermediate: int,
         mask: torch.Tensor,  # [b, span] True where a cached position may be attended
     ) -> torch.Tensor:
         b, span = x.shape[0], mask.shape[1]
-        qkv = F.linear(rms_norm(x, w.ln1, eps), w.wqkv)
+        qkv = linear(rms_norm(x, w.ln1, eps), w.wqkv, w.sqkv)
         q = rope(qkv[:, :q_size].view(b, n_heads, head_dim), cos, sin)
         k = rope(qkv[:, q_size : q_size + kv_size].view(b, n_kv, head_dim), cos, sin)
         v = qkv[:, q_size + kv_size :].view(b, n_kv, head_dim)
@@ -110,9 +133,9 @@ def make_decode_layer(n_heads: int, n_kv: int, head_dim: int, intermediate: int,
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
         probs = torch.softmax(scores, dim=-1).to(values.dtype)
         out = torch.matmul(probs, values).reshape(b, n_heads * head_dim)
-        x = x + F.linear(out, w.wo)
-        gate_up = F.linear(rms_norm(x, w.ln2, eps), w.wgu)
-        return x + F.linear(F.silu(gate_up[:, :intermediate]) * gate_up[:, intermediate:], w.wd)
+        x = x + linear(out, w.wo, w.so)
+        gate_up = linear(rms_norm(x, w.ln2, eps), w.wgu, w.sgu)
+        return x + linear(F.silu(gate_up[:, :intermediate]) * gate_up[:, intermediate:], w.wd, w.sd)
 
     return decode_layer
 

@@ -1,8 +1,8 @@
 """Load the LLM through the real `from_pretrained` path: hub id, local folder, GGUF file or a builtin name.
 
 Errors are turned into one readable line (the readiness reason), e.g. a gated model without HF_TOKEN says how
-to set it. There is no silent fallback to another model. On CUDA the GPU memory plan (`vram.py`) may ask for 8- or
-4-bit weights, loaded through bitsandbytes' `BitsAndBytesConfig` as `quantization_config`.
+to set it. There is no silent fallback to another model. On CUDA the GPU memory plan (`vram.py`) may ask for 8-bit
+weights (weight-only int8, `nim_llm/int8.py`) or 4-bit ones (bitsandbytes NF4 through `quantization_config`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import config
 from config import Settings
+from nim_llm.int8 import quantize_int8_
 from vram import llm_plan
 
 log = logging.getLogger("nim_llm.loading")
@@ -138,9 +139,14 @@ def _from_pretrained(settings: Settings, source: str, gguf_file: str | None) -> 
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
         extra = {"quantization_config": GgufConfig(dequantize=True)} if gguf_file else _quantization(settings)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, device_map=settings.llm_device, **common, **extra
-        )
+        int8 = llm_plan(settings).int8_llm and not gguf_file
+        # int8 weights are quantised from CPU memory layer by layer: the bf16 model never sits on the GPU.
+        device_map = "cpu" if int8 else settings.llm_device
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device_map, **common, **extra)
+        if int8:
+            log.info(
+                "GPU memory profile: quantised %d linear layers to int8", quantize_int8_(model, settings.llm_device)
+            )
     except Exception as err:
         raise ModelLoadError(_explain(source, err, settings)) from err
     if tokenizer.pad_token_id is None:

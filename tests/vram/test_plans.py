@@ -89,8 +89,8 @@ def test_texture_is_capped_not_raised() -> None:
 def test_quantization_config_per_weights() -> None:
     q4 = PLANS["16gb"].quantization_config()
     assert q4 is not None and q4.load_in_4bit and q4.bnb_4bit_quant_type == "nf4"
-    q8 = PLANS["24gb"].quantization_config()
-    assert q8 is not None and q8.load_in_8bit
+    assert PLANS["24gb"].quantization_config() is None and PLANS["24gb"].int8_llm  # int8 is ours, not bitsandbytes'
+    assert not PLANS["24gb"].not_applied().int8_llm and not PLANS["16gb"].int8_llm
     assert PLANS["48gb"].quantization_config() is None
     assert PLANS["16gb"].not_applied().quantization_config() is None
 
