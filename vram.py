@@ -160,7 +160,7 @@ PLANS: dict[ProfileName, VramPlan] = {
         trellis_low_vram=True, texture_size=1024, lease=True,
     ),
     "32gb": VramPlan(
-        "32gb", llm_weights="8bit", llm_max_batch_size=16, llm_max_context=4096, sana_placement="offload",
+        "32gb", llm_weights="8bit", llm_max_batch_size=8, llm_max_context=4096, sana_placement="offload",
         texture_size=1024,
     ),
     "48gb": VramPlan("48gb", llm_max_batch_size=16, llm_max_context=4096, texture_size=1024),
