@@ -58,7 +58,10 @@ LLM_WEIGHTS_GIB = {"bf16": 14.96, "8bit": 8.5, "4bit": 5.5}
 # the card before it is split, so both processes together stay within the card. `nvml_used_gib` measures it.
 CUDA_CONTEXT_GIB = 0.5
 KV_GIB_PER_TOKEN = 128 / 2**20  # 128 KiB per token for Llama-3.1-8B
-LLM_ACTIVATIONS_GIB = 1.0
+# Above weights and KV cache: activations and allocator slack on the eager engine (4-bit weights); the static
+# engine adds compile workspaces and the CUDA graphs' memory pools for every decode shape (its load ran out of
+# memory with 1 GiB on an H200 at 24gb, 32gb and 48gb).
+LLM_OVERHEAD_GIB = {"eager": 1.0, "static": 3.0}
 PLAN_TOKENS = 512
 SMOKE_PLAN_TOKENS = 16  # the tiny model on CPU: enough to exercise decoding, fast enough for CI
 SCENE_PROMPT = "Plan a cosy reading corner: list up to 6 objects with a one-line visual description each."
@@ -70,7 +73,8 @@ def llm_budget_gib(profile: str) -> float:
     """The LLM process's share of the card: weights + preallocated KV cache + activations."""
     plan = PLANS[profile]  # type: ignore[index]
     tokens = (plan.llm_max_batch_size or 64) * (plan.llm_max_context or 4096)
-    return LLM_WEIGHTS_GIB[plan.llm_weights] + tokens * KV_GIB_PER_TOKEN + LLM_ACTIVATIONS_GIB
+    engine = "eager" if plan.llm_weights == "4bit" else "static"  # bitsandbytes weights run on the eager engine
+    return LLM_WEIGHTS_GIB[plan.llm_weights] + tokens * KV_GIB_PER_TOKEN + LLM_OVERHEAD_GIB[engine]
 
 
 # --- worker processes ----------------------------------------------------------------------------------------
