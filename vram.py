@@ -6,15 +6,18 @@
 header shows. When the models run on CPU the plan does not apply and nothing changes. torch is imported lazily and
 never by the UI.
 
-Budgets (GiB, weights in bf16 unless said; estimates to be replaced by `bench/vram_fit.py` measurements):
+Budgets (GiB). Measured on an H200 emulating each card (`bench/vram_fit.py --random-weights`, 2026-11-29, raw
+JSON in `bench/results/`; README "GPU memory profiles"); TRELLIS figures are estimates, it has not run there.
 
-- Llama-3.1-8B: bf16 ≈ 15, 8-bit (weight-only int8, `nim_llm/int8.py`) ≈ 8, 4-bit (bitsandbytes NF4) ≈ 5.2. KV cache:
-  128 KiB per token (32 layers × 8 KV heads × 128 dims × K and V × 2 bytes), so one 4096-token slot ≈ 0.5 GiB,
-  and the static engine preallocates `batch × context` of them.
-- SANA-Sprint 0.6B + its Gemma-2 2B text encoder + DC-AE VAE ≈ 6 resident; offloaded (diffusers
-  `enable_model_cpu_offload`) each part moves to the GPU only while it runs: peak ≈ 5 (the text encoder).
-- TRELLIS-image-large ≈ 3 of weights + DINOv2 ≈ 1; peaks up to ≈ 13 in the mesh/Gaussian decoders and the
-  texture bake at texture 1024 (the bake scales with texture area).
+- Llama-3.1-8B weights as loaded: bf16 15.0, 8-bit (weight-only int8, `nim_llm/int8.py`) 8.5, 4-bit (bitsandbytes
+  NF4) 5.2. KV cache: 128 KiB per token, so one 4096-token slot = 0.5 GiB, preallocated `batch × context` by the
+  static engine, which with compile workspaces and CUDA-graph pools needs about 3 more. Process footprint (driver):
+  16gb 6.6 (eager), 24gb 12.8, 32gb 15.3, 48gb 25.8. Decode: 10 / 90 / 88 / 186 tok/s (bitsandbytes weights run
+  on the eager engine; LLM.int8 gave 5 tok/s, hence our int8).
+- SANA-Sprint 0.6B + Gemma-2 2B text encoder + DC-AE: offloaded (diffusers `enable_model_cpu_offload`) peak 5.5
+  reserved (+0.8 context), 4 images at 1024² in 10 s; resident peak 10.4 reserved, 4 images in 4.3 s.
+- TRELLIS-image-large ≈ 3 of weights + DINOv2 ≈ 1; peaks in the decoders and the texture bake (which scales with
+  texture area) are not measured yet.
 - SANA and TRELLIS share one worker, so they never run together; the VRAM lease (`vram_lease.py`) makes a 3D
   job and an LLM answer take turns where the card cannot hold both peaks.
 
@@ -22,14 +25,13 @@ Budgets (GiB, weights in bf16 unless said; estimates to be replaced by `bench/vr
 |-----------|-----------------------|-------------|---------------------|----------|---------------|---------|-------|
 | 16gb      | 4080, 5080 (15.6)     | 4-bit       | 4 × 4096 (2 GiB KV) | offload  | per stage     | 512     | yes   |
 | 24gb      | 4090 (23.5)           | 8-bit       | 4 × 4096 (2 GiB KV) | offload  | per stage     | 1024    | yes   |
-| 32gb      | 5090 (31.8)           | 8-bit       | 16 × 4096 (8 GiB)   | offload  | resident      | 1024    | no    |
+| 32gb      | 5090 (31.8)           | 8-bit       | 8 × 4096 (4 GiB)    | offload  | resident      | 1024    | no    |
 | 48gb      | RTX 6000 Ada (47.5)   | bf16        | 16 × 4096 (8 GiB)   | GPU      | resident      | 1024    | no    |
 | unlimited | 80 GB and up          | bf16        | settings            | GPU      | resident      | setting | no    |
 
-Reasoning: 16gb keeps the LLM at 5.5 + 2 = 7.5 resident and leaves ~8 for whichever of SANA (peak 5) or a
-TRELLIS stage at texture 512 runs, the lease keeping LLM activations out of that window. 24gb: 8.5 + 2 = 10.5
-resident, ~13 for a 3D job at texture 1024. 32gb: 8.5 + 8 + 4 TRELLIS resident = 20.5, plus a 3D or SANA peak of
-≤ 9 = 29.5 without taking turns. 48gb: 16 + 8 + 6 + 4 = 34 resident, plus ≤ 9 peak = 43.
+Reasoning: a 3D job runs while SANA is offloaded (or beside it at 48gb) and gets the card minus the LLM's footprint
+and one context: 8.2 at 16gb (texture 512, models per stage, the lease keeping LLM activations out), 9.9 at 24gb,
+15.7 at 32gb, 14.8 at 48gb. int8 does not fit 16gb: the static engine's ~12 would leave too little for SANA.
 """
 
 from __future__ import annotations

@@ -59,7 +59,9 @@ def header_html(h: HealthSnapshot) -> str:
         if can_draw or h.trellis.state != "ready"
         else (f' <span style="color:#9a6700">(images: {html.escape(why)}; upload your own images instead)</span>')
     )
-    pills = f"{_pill('LLM', h.llm)}{_pill('3D', h.trellis, queue)}"
+    # Small-GPU profiles: chat answers queue while a 3D stage has the GPU; say so rather than look stuck.
+    turn = " · waiting for the GPU while a 3D step runs" if h.llm.details.get("waiting_for_gpu") else ""
+    pills = f"{_pill('LLM', h.llm, turn)}{_pill('3D', h.trellis, queue)}"
     return f'<div id="status-header">{pills}{note}{vram_note(h)}</div>'
 
 

@@ -26,3 +26,18 @@ def test_header_hides_profile_on_cpu() -> None:
     details = resolve_plan("auto", "cpu").health_fields()
     html = header_html(HealthSnapshot(Health("ready", "ok", None, details), Health("ready", "ok", 0, details)))
     assert "GPU profile" not in html
+
+
+def test_header_says_when_chat_waits_for_the_gpu() -> None:
+    details = resolve_plan("16gb", "cuda").health_fields()
+    waiting = header_html(
+        HealthSnapshot(
+            Health("ready", "ok", None, {**details, "waiting_for_gpu": True}), Health("ready", "ok", 1, details)
+        )
+    )
+    idle = header_html(
+        HealthSnapshot(
+            Health("ready", "ok", None, {**details, "waiting_for_gpu": False}), Health("ready", "ok", 0, details)
+        )
+    )
+    assert "waiting for the GPU" in waiting and "waiting for the GPU" not in idle
