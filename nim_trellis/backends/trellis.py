@@ -58,30 +58,30 @@ def vertex_coloured_mesh(mesh: Any) -> Any:
     return trimesh.Trimesh(vertices, faces, vertex_colors=colours, process=False)
 
 
-def place_per_stage(pipe: Any) -> None:
-    """Low-VRAM mode: models stay on the CPU; a forward pre-hook moves each to the GPU as it runs and the others
-    back, and the pipeline's `device` (where it creates its inputs and noise) is pinned to the GPU."""
+def place_per_stage(pipe: Any, device: str = "cuda") -> None:
+    """Low-VRAM mode: models stay on the CPU; a forward pre-hook moves each to `device` as it runs and the others
+    back, and the pipeline's `device` (where it creates its inputs and noise) is pinned to `device`."""
     import torch
 
-    cuda = torch.device("cuda")
+    target = torch.device(device)
     models = [m for m in pipe.models.values() if isinstance(m, torch.nn.Module)]
 
-    def to_gpu(module: torch.nn.Module, _args: Any) -> None:
+    def to_device(module: torch.nn.Module, _args: Any) -> None:
         with torch.inference_mode(False), torch.no_grad():  # weights stay normal tensors, movable in any mode
             for other in models:
-                if other is not module and _on_gpu(other):
+                if other is not module and _placed_on(other, target):
                     other.to("cpu")
-            module.to(cuda)
+            module.to(target)
 
     for model in models:
-        model.register_forward_pre_hook(to_gpu)
+        model.register_forward_pre_hook(to_device)
     cls = type(pipe)
-    pipe.__class__ = type(f"PerStage{cls.__name__}", (cls,), {"device": property(lambda _self: cuda)})
+    pipe.__class__ = type(f"PerStage{cls.__name__}", (cls,), {"device": property(lambda _self: target)})
 
 
-def _on_gpu(module: Any) -> bool:
+def _placed_on(module: Any, device: Any) -> bool:
     param = next(module.parameters(), None)
-    return param is not None and param.is_cuda
+    return param is not None and param.device.type == device.type
 
 
 class TrellisBackend:
