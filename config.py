@@ -317,6 +317,14 @@ class Settings(BaseSettings):
             "vram",
         ),
     )
+    pytorch_cuda_alloc_conf: str = Field(
+        "expandable_segments:True",
+        **_desc(
+            "PyTorch's CUDA allocator options for both model services (start.sh exports it). Expandable segments "
+            "cut fragmentation: measured 0.5 GiB less per 24 GB card, with the static LLM engine's CUDA graphs.",
+            "vram",
+        ),
+    )
 
     # --- operations (start.sh, supervisord, install.sh, docker-compose) -----------------------------------
     run_dir: Path = Field(

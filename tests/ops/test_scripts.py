@@ -178,6 +178,16 @@ def test_ops_env_exports_resolved_paths_and_only_set_library_variables(tmp_path:
     assert "export CUDA_VISIBLE_DEVICES=1" in lines and "export HF_HUB_OFFLINE=1" in lines
 
 
+def test_ops_env_sets_the_cuda_allocator_unless_the_user_did(tmp_path: Path) -> None:
+    env = clean_env(CHAT3D_PROFILE="tiny", DATA_DIR=str(tmp_path / "d"))
+    env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
+    lines = run_script([sys.executable, "scripts/ops_env.py"], env).stdout.splitlines()
+    assert "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in lines
+    env["PYTORCH_CUDA_ALLOC_CONF"] = "max_split_size_mb:128"
+    lines = run_script([sys.executable, "scripts/ops_env.py"], env).stdout.splitlines()
+    assert "export PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:128" in lines
+
+
 def test_ops_env_refuses_invalid_settings_with_a_readable_message() -> None:
     out = run_script([sys.executable, "scripts/ops_env.py"], clean_env(LLM_PORT="not-a-port"))
     assert out.returncode == 2
