@@ -11,7 +11,7 @@ from nim_llm.int8 import Int8Linear, is_int8, quantize_int8_, quantize_weight
 from nim_llm.loading import load_model
 from nim_llm.slots import SlotBatch
 from nim_llm.startup import build_engine
-from tests.llm.test_static_engine import _generate
+from tests.llm.test_static_engine import _generate_each
 from vram import PLANS
 
 
@@ -48,11 +48,5 @@ def test_static_engine_serves_int8_weights_like_the_eager_engine(make_settings, 
     assert static._batch.step_fn.weights[0].sqkv is not None  # the static step reads the int8 scales
     prompts = [eager.tokenizer.encode(w) for w in ["a chair", "a red lamp on a long oak table", "hi", "ok then"]]
     budgets = [20, 9, 30, 4]
-    results = []
-    for engine in (eager, static):
-        engine.start()
-        try:
-            results.append(_generate(engine, prompts, budgets))
-        finally:
-            engine.stop()
+    results = _generate_each([eager, static], prompts, budgets)
     assert results[1] == results[0] and sum(count for _, count in results[0]) > 20

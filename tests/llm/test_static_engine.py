@@ -53,6 +53,18 @@ def _generate(engine, prompts: list[list[int]], max_tokens: list[int]) -> list[t
     return list(zip(texts, counts, strict=True))
 
 
+def _generate_each(engines: list, prompts: list[list[int]], max_tokens: list[int]) -> list[list[tuple[str, int]]]:
+    """`_generate` on each engine in turn, each started for it and stopped after."""
+    results = []
+    for engine in engines:
+        engine.start()
+        try:
+            results.append(_generate(engine, prompts, max_tokens))
+        finally:
+            engine.stop()
+    return results
+
+
 def test_static_engine_matches_eager_when_greedy_and_sequences_come_and_go(make_settings) -> None:
     eager = build_engine(make_settings(llm_engine="eager"))
     static = build_engine(make_settings(llm_engine="static", llm_slot_tokens=256, llm_max_batch_size=4))
@@ -61,13 +73,7 @@ def test_static_engine_matches_eager_when_greedy_and_sequences_come_and_go(make_
     words = ["a chair", "a much longer prompt about chairs, tables and a lamp", "hi", "the rug is red", "ok"]
     prompts = [tokenizer.encode(w) for w in words * 2]
     budgets = [5, 30, 12, 40, 3, 25, 8, 17, 33, 2]  # finish at different steps, so slots move
-    results = []
-    for engine in (eager, static):
-        engine.start()
-        try:
-            results.append(_generate(engine, prompts, budgets))
-        finally:
-            engine.stop()
+    results = _generate_each([eager, static], prompts, budgets)
     assert results[1] == results[0]
     assert sum(count for _, count in results[1]) > 20 and len({text for text, _ in results[1]}) > 3
 
