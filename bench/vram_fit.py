@@ -131,12 +131,9 @@ def nvml_used_gib(device: str) -> float | None:
 
 
 def run_llm(settings: Any, plan_tokens: int) -> dict[str, Any]:
-    import threading
-
     from nim_llm.llama_step import unsupported_reason
     from nim_llm.sampling import SamplingParams
-    from nim_llm.sequence import ErrorEvent, FinishEvent
-    from nim_llm.startup import build_engine, engine_kind, warm_up
+    from nim_llm.startup import build_engine, engine_kind, generate_once, warm_up
     from vram import llm_plan
 
     plan = llm_plan(settings)
@@ -154,20 +151,9 @@ def run_llm(settings: Any, plan_tokens: int) -> dict[str, Any]:
     timed(steps, "warm_up", lambda: warm_up(engine, settings))
 
     def scene_plan() -> dict[str, Any]:
-        done, outcome = threading.Event(), []
-        prompt = engine.tokenizer.apply_chat_template(
-            [{"role": "user", "content": SCENE_PROMPT}], add_generation_prompt=True, tokenize=True, return_dict=True
-        )["input_ids"]
-
-        def sink(event: Any) -> None:
-            if isinstance(event, FinishEvent | ErrorEvent):
-                outcome.append(event)
-                done.set()
-
-        engine.submit(list(prompt), SamplingParams(max_tokens=plan_tokens, ignore_eos=True), sink)
-        if not done.wait(settings.llm_request_timeout_s) or isinstance(outcome[0], ErrorEvent):
-            raise RuntimeError(f"scene plan failed: {outcome[0].error if outcome else 'timeout'}")
-        return decode_speed(outcome[0])
+        messages = [{"role": "user", "content": SCENE_PROMPT}]
+        params = SamplingParams(max_tokens=plan_tokens, ignore_eos=True)
+        return decode_speed(generate_once(engine, messages, params, settings.llm_request_timeout_s, "scene plan"))
 
     speed = timed(steps, "scene_plan", scene_plan)
     if speed is not None:

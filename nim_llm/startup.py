@@ -96,6 +96,14 @@ def static_batch(settings: Settings, model: Any, slots: int) -> Any:
 
 def warm_up(engine: Engine, settings: Settings) -> None:
     """One short generation through the whole engine; readiness means this worked."""
+    params = SamplingParams(max_tokens=settings.llm_warmup_tokens)
+    generate_once(engine, WARMUP_MESSAGES, params, settings.llm_request_timeout_s, "warm-up generation")
+
+
+def generate_once(
+    engine: Engine, messages: list[dict[str, str]], params: SamplingParams, timeout_s: float, what: str
+) -> FinishEvent:
+    """Run one chat through the running engine and wait for it; raises RuntimeError naming `what` on failure."""
     done = threading.Event()
     outcome: list[Event] = []
 
@@ -105,10 +113,11 @@ def warm_up(engine: Engine, settings: Settings) -> None:
             done.set()
 
     prompt = engine.tokenizer.apply_chat_template(
-        WARMUP_MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=True
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
     )["input_ids"]
-    engine.submit(list(prompt), SamplingParams(max_tokens=settings.llm_warmup_tokens), sink)
-    if not done.wait(settings.llm_request_timeout_s):
-        raise RuntimeError(f"warm-up generation did not finish within {settings.llm_request_timeout_s:g}s")
+    engine.submit(list(prompt), params, sink)
+    if not done.wait(timeout_s):
+        raise RuntimeError(f"{what} did not finish within {timeout_s:g}s")
     if isinstance(outcome[0], ErrorEvent):
-        raise RuntimeError(f"warm-up generation failed: {outcome[0].error}")
+        raise RuntimeError(f"{what} failed: {outcome[0].error}")
+    return outcome[0]  # type: ignore[return-value]  # the only other event the sink keeps

@@ -44,6 +44,14 @@ def clean_text(value: str) -> str:
     return " ".join(kept.split())
 
 
+def not_blank(value: str, what: str) -> str:
+    """`value` cleaned by `clean_text`; a ValueError naming `what` when nothing is left."""
+    value = clean_text(value)
+    if not value:
+        raise ValueError(f"{what} is blank")
+    return value
+
+
 class Intent(StrEnum):
     CHAT = "chat"  # greetings, questions, small talk: a normal streamed answer
     SCENE = "scene"  # a new scene request: a new plan
@@ -72,10 +80,7 @@ class WireObject(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_not_blank(cls, v: str) -> str:
-        v = clean_text(v)
-        if not v:
-            raise ValueError("object name is blank")
-        return v
+        return not_blank(v, "object name")
 
     @field_validator("prompt")
     @classmethod
@@ -102,10 +107,7 @@ class WirePlan(BaseModel):
     @field_validator("scene_name")
     @classmethod
     def _scene_name(cls, v: str) -> str:
-        v = clean_text(v)
-        if not v:
-            raise ValueError("scene name is blank")
-        return v
+        return not_blank(v, "scene name")
 
 
 def _int(lo: int, hi: int) -> dict[str, Any]:

@@ -66,6 +66,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_install_sh(cwd: Path, env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`./install.sh ARGS` in `cwd` as a user runs it, with no terminal to prompt on."""
+    return subprocess.run(
+        ["./install.sh", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def descendants(pid: int) -> set[int]:
     """Every live process below `pid` (from /proc), so a test can check that none outlives its parent."""
     children: dict[int, list[int]] = {}

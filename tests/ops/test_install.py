@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.conftest import ROOT, alive, clean_env, repo_files, wait_gone
+from tests.ops.conftest import ROOT, alive, clean_env, repo_files, run_install_sh, wait_gone
 from tests.support import free_port
 
 pytestmark = pytest.mark.slow
@@ -51,16 +51,7 @@ def install_env(ops_cache: Path) -> dict[str, str]:
 
 
 def run_install(repo: Path, env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    out = subprocess.run(
-        ["./install.sh", "--native", *args],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    return out
+    return run_install_sh(repo, env, "--native", *args, timeout=timeout)
 
 
 def supervisord_pid(repo: Path) -> int:

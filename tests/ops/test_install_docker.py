@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.conftest import ROOT, clean_env
+from tests.ops.conftest import ROOT, clean_env, run_install_sh
 
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 # Stand-in docker CLI for tests: FAKE_DOCKER_BREAK=compose|info|runtime makes that check fail.
@@ -75,15 +75,7 @@ def run_docker_install(repo: Path, *args: str, **env: str) -> subprocess.Complet
         **{"FAKE_DOCKER_LOG": str(repo / "docker.log"), "FAKE_DOCKER_ROOT": str(repo), "MIN_FREE_GB": "0", **env}
     )
     base["PATH"] = f"{repo.parent / 'bin'}:{base['PATH']}"
-    return subprocess.run(
-        ["./install.sh", *args],
-        cwd=repo,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_install_sh(repo, base, *args, timeout=120)
 
 
 def calls(repo: Path) -> list[str]:

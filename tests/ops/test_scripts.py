@@ -19,7 +19,7 @@ import torch
 
 import config
 from scripts import fetch_models, healthcheck
-from tests.ops.conftest import ROOT, clean_env
+from tests.ops.conftest import ROOT, clean_env, run_install_sh
 from tests.support import free_port
 
 
@@ -268,15 +268,7 @@ def test_install_help_and_bad_arguments() -> None:
 
 
 def install_gpu_native(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["./install.sh", "--native", "--profile", "gpu"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_install_sh(cwd, env, "--native", "--profile", "gpu", timeout=60)
 
 
 def test_install_writes_env_with_token_from_environment_never_a_placeholder(tmp_path: Path) -> None:
