@@ -220,13 +220,42 @@ class Settings(BaseSettings):
     trellis_text_model: str = Field(
         "", **_desc("TRELLIS text-to-3D model; empty = text -> image -> 3D through the image model.", "3d")
     )
-    trellis_attn_backend: str = Field("sdpa", **_desc("TRELLIS ATTN_BACKEND (flash_attn, xformers, sdpa).", "3d"))
-    trellis_sparse_attn_backend: str = Field(
-        "xformers", **_desc("TRELLIS SPARSE_ATTN_BACKEND (xformers, flash_attn).", "3d")
+    trellis_device: str = Field(
+        "cuda",
+        **_desc("Device TRELLIS runs on: `cuda` or `cuda:N` (`cpu` serves only tests with tiny random models).", "3d"),
     )
-    trellis_spconv_algo: str = Field("native", **_desc("SPCONV_ALGO; `native` avoids slow autotuning.", "3d"))
+    trellis_attn_backend: Literal["sdpa", "flash_attn", "xformers", "naive"] = Field(
+        "sdpa", **_desc("TRELLIS's dense attention (its ATTN_BACKEND); `sdpa` is PyTorch's own kernels.", "3d")
+    )
+    trellis_sparse_attn_backend: Literal["torch", "flash_attn", "xformers"] = Field(
+        "torch",
+        **_desc(
+            "TRELLIS's sparse attention: `torch` serves its flash_attn calls with PyTorch's own SDPA and varlen "
+            "kernels (works with any torch build); `flash_attn` or `xformers` need that package built for the "
+            "installed torch.",
+            "3d",
+        ),
+    )
+    trellis_spconv_algo: Literal["native", "auto", "implicit_gemm"] = Field(
+        "native", **_desc("SPCONV_ALGO; `native` avoids slow autotuning.", "3d")
+    )
     texture_size: int = Field(1024, ge=256, le=4096, **_desc("Texture size baked into GLBs.", "3d"))
-    mesh_simplify: float = Field(0.95, ge=0.0, lt=1.0, **_desc("Share of triangles removed before baking.", "3d"))
+    mesh_simplify: float = Field(
+        0.95,
+        ge=0.0,
+        lt=1.0,
+        **_desc("Share of triangles removed before the texture bake (as upstream's to_glb).", "3d"),
+    )
+    mesh_face_budget: int = Field(
+        200_000,
+        ge=1000,
+        **_desc(
+            "Most faces in an untextured GLB or STL; larger meshes are simplified on the GPU. 200k faces is about "
+            "4 MB of GLB, draws smoothly in a browser and keeps vertex-colour detail (an unsimplified TRELLIS mesh "
+            "can have millions: 82 MB GLB, 204 MB STL).",
+            "3d",
+        ),
+    )
     imagegen_model: str | None = Field(
         None, **_desc("Text-to-image model (SANA-Sprint hub id or folder; empty = off).", "3d")
     )

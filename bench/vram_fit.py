@@ -205,9 +205,9 @@ def _one_3d(service: Any, image_b64: str) -> None:
 
     from nim_trellis.schemas import InferRequest
 
-    result = asyncio.run(service.infer(InferRequest(image=image_b64)))
-    if result.artifacts[0].finishReason != "SUCCESS":
-        raise RuntimeError("the 3D job did not succeed (see the 3D service log)")
+    result = asyncio.run(service.infer(InferRequest(image=image_b64)))  # a failure raises with its reason
+    if result.finish_reason != "SUCCESS":
+        raise RuntimeError(f"the 3D job did not succeed: {result.finish_reason}")
 
 
 def worker_settings(args: argparse.Namespace) -> Settings:

@@ -38,6 +38,7 @@ from nim_trellis.service import TrellisService
 
 log = logging.getLogger("nim_trellis.api")
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+FILE_MEDIA_TYPES = {"model/gltf-binary", "model/stl", "application/octet-stream"}
 
 
 def service_of(request: Request) -> TrellisService:
@@ -77,8 +78,22 @@ async def metrics(request: Request) -> Response:
 
 
 @api.post("/infer", response_model=InferResponse)
-async def infer(body: InferRequest, request: Request) -> InferResponse:
-    return await service_of(request).infer(body, request.is_disconnected)
+async def infer(body: InferRequest, request: Request) -> Response:
+    result = await service_of(request).infer(body, request.is_disconnected)
+    if not wants_file(request.headers.get("accept", "")):
+        return JSONResponse(result.response().model_dump())
+    if result.artifact is None:  # a client that asked for the file gets the refusal as an error
+        raise ServiceError(400, f"The input was refused: {result.detail}", code="content_filtered", param="image")
+    a = result.artifact
+    headers = {"X-Seed": str(a.seed), "X-Backend": a.backend, "X-Finish-Reason": result.finish_reason}
+    return Response(a.data, media_type=a.media_type, headers=headers)
+
+
+def wants_file(accept: str) -> bool:
+    """Extension to the NIM contract: `Accept: model/gltf-binary` (or model/stl, application/octet-stream) returns
+    the file itself instead of base64 inside JSON, a third smaller and without decoding on either side."""
+    kinds = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return bool(kinds & FILE_MEDIA_TYPES) and "application/json" not in kinds
 
 
 @api.post("/jobs", status_code=202, response_model=JobCreated)

@@ -10,7 +10,9 @@ CUDA out-of-memory is never fatal: the worker frees memory and runs the job's le
 no texture, one image at a time) once; if that also runs out, the job fails with a message naming the
 VRAM_PROFILE to choose.
 
-Finished jobs and their result files (under `DATA_DIR/jobs/<id>/`) are kept for `JOB_RETENTION_S`.
+Finished jobs and their result files (under `DATA_DIR/jobs/<id>/`) are kept for `JOB_RETENTION_S`; a job whose
+result travels in its HTTP answer (`/v1/infer`) keeps it in memory instead (`in_memory`). A job that did not
+succeed carries `error_code`: `timeout`, `out_of_memory`, `cancelled`, `filtered`, `unavailable` or `failed`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nim_trellis.backends.base import MeshArtifact
+from nim_trellis.backends.optional_deps import MissingDependency
 from nim_trellis.errors import ServiceError
 from nim_trellis.metrics import ServiceMetrics
 from nim_trellis.schemas import JobState, JobStatus
@@ -87,6 +90,8 @@ class Job:
     done: Future[None] = field(default_factory=Future)
     lean: LeanRetry | None = None
     note: str | None = None  # how the result differs from what was asked (e.g. the leaner retry's reason)
+    error_code: str | None = None
+    in_memory: bool = False  # keep a MeshArtifact in `value` instead of writing it under results_dir
 
 
 class JobContext:
@@ -98,11 +103,18 @@ class JobContext:
 
     def stage(self, name: str, progress: float) -> None:
         self.close_stage()
+        self._check()
+        self.job.stage, self.job.progress = name, max(self.job.progress, min(progress, 1.0))
+
+    def advance(self, progress: float) -> None:
+        self._check()
+        self.job.progress = max(self.job.progress, min(progress, 1.0))
+
+    def _check(self) -> None:
         if self.job.cancel_requested:
             raise JobCancelled()
         if time.monotonic() > self._deadline or self.job.status != "running":
             raise JobTimedOut()
-        self.job.stage, self.job.progress = name, max(self.job.progress, min(progress, 1.0))
 
     def close_stage(self) -> None:
         now = time.monotonic()
@@ -144,7 +156,7 @@ class JobQueue:
         with self._cond:
             self._stopping = True
             while self._queued:
-                self._finish(self._queued.popleft(), "cancelled", error="service shutting down")
+                self._finish(self._queued.popleft(), "cancelled", error="service shutting down", code="cancelled")
             self._cond.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout=timeout_s)
@@ -159,6 +171,7 @@ class JobQueue:
         output_format: str = "",
         seed: int | None = None,
         lean: LeanRetry | None = None,
+        in_memory: bool = False,
     ) -> Job:
         self.purge_expired()
         job = Job(
@@ -169,6 +182,7 @@ class JobQueue:
             output_format=output_format,
             seed=seed,
             lean=lean,
+            in_memory=in_memory,
         )
         with self._cond:
             if len(self._queued) >= self.max_queued:
@@ -201,7 +215,7 @@ class JobQueue:
         with self._cond:
             if job.status == "queued":
                 self._queued.remove(job)
-                self._finish(job, "cancelled", error="cancelled before it started")
+                self._finish(job, "cancelled", error="cancelled before it started", code="cancelled")
             elif job.status == "running":
                 job.cancel_requested = True  # honoured at the next stage boundary
         return job
@@ -240,6 +254,7 @@ class JobQueue:
             progress=round(job.progress, 4),
             queue_position=self.position(job),
             error=job.error,
+            error_code=job.error_code,
             seed=job.seed,
             backend=job.backend,
             output_format=job.output_format,
@@ -281,22 +296,25 @@ class JobQueue:
             if job.status != "running":  # the watchdog already failed it; drop the late result
                 return
             if isinstance(outcome, MeshArtifact):
-                self._store_artifact(job, outcome)
+                self._keep_artifact(job, outcome)
             else:
                 job.value = outcome
             self._finish(job, "succeeded")
         except JobCancelled:
-            self._finish(job, "cancelled", error="cancelled while running")
+            self._finish(job, "cancelled", error="cancelled while running", code="cancelled")
         except JobTimedOut:
-            self._finish(job, "failed", error=self._timeout_message())
+            self._finish(job, "failed", error=self._timeout_message(), code="timeout")
         except ContentFiltered as e:
-            self._finish(job, "filtered", error=str(e))
+            self._finish(job, "filtered", error=str(e), code="filtered")
         except OutOfGpuMemory as e:
             log.error("job %s: %s", job.id, e)
-            self._finish(job, "failed", error=str(e))
+            self._finish(job, "failed", error=str(e), code="out_of_memory")
+        except MissingDependency as e:  # a part of the backend that could not be installed or loaded here
+            log.error("job %s: %s", job.id, e)
+            self._finish(job, "failed", error=str(e), code="unavailable")
         except Exception as e:  # a backend failure fails this job only; the worker keeps going
             log.exception("job %s failed", job.id)
-            self._finish(job, "failed", error=f"{type(e).__name__}: {e}")
+            self._finish(job, "failed", error=f"{type(e).__name__}: {e}", code="failed")
         finally:
             watchdog.cancel()
             self.metrics.job_seconds.labels(job.kind).observe(time.time() - (job.started or job.created))
@@ -330,10 +348,18 @@ class JobQueue:
         with self._cond:
             if job.status == "running":
                 log.error("job %s timed out after %ss", job.id, self.timeout_s)
-                self._finish(job, "failed", error=self._timeout_message())
+                self._finish(job, "failed", error=self._timeout_message(), code="timeout")
 
     def _timeout_message(self) -> str:
         return f"timed out after {self.timeout_s:g}s (JOB_TIMEOUT_S)"
+
+    def _keep_artifact(self, job: Job, artifact: MeshArtifact) -> None:
+        job.media_type = artifact.media_type
+        job.seed, job.backend, job.output_format = artifact.seed, artifact.backend, artifact.output_format
+        if job.in_memory:
+            job.value = artifact
+        else:
+            self._store_artifact(job, artifact)
 
     def _store_artifact(self, job: Job, artifact: MeshArtifact) -> None:
         folder = self.results_dir / job.id
@@ -342,14 +368,13 @@ class JobQueue:
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(artifact.data)
         os.replace(tmp, path)  # atomic: a reader never sees half a file
-        job.result_path, job.media_type = path, artifact.media_type
-        job.seed, job.backend, job.output_format = artifact.seed, artifact.backend, artifact.output_format
+        job.result_path = path
 
-    def _finish(self, job: Job, status: JobState, error: str | None = None) -> None:
+    def _finish(self, job: Job, status: JobState, error: str | None = None, code: str | None = None) -> None:
         with self._cond:
             if job.status in TERMINAL:  # the watchdog or a cancel got there first
                 return
-            job.status, job.error, job.finished = status, error, time.time()
+            job.status, job.error, job.error_code, job.finished = status, error, code, time.time()
             if status == "succeeded":
                 job.progress, job.stage = 1.0, "done"
         self.metrics.jobs.labels(job.kind, status).inc()

@@ -130,6 +130,8 @@ class JobStatus(BaseModel):
     progress: float
     queue_position: int | None
     error: str | None
+    # extension: why it did not succeed (timeout, out_of_memory, cancelled, filtered, unavailable, failed)
+    error_code: str | None = None
     seed: int | None
     backend: str
     output_format: str

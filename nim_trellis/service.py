@@ -16,14 +16,14 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from PIL import Image
 
 from config import Settings
-from nim_trellis.backends.base import Backend3D, MeshArtifact, StageReporter
+from nim_trellis.backends.base import Backend3D, MeshArtifact, ScaledReporter
+from nim_trellis.backends.relief import has_real_alpha
 from nim_trellis.errors import ServiceError
 from nim_trellis.imagegen.sana import SanaImageGenerator
 from nim_trellis.jobs import ContentFiltered, Job, JobContext, JobQueue, LeanRetry
@@ -52,6 +52,14 @@ log = logging.getLogger("nim_trellis.service")
 
 Disconnected = Callable[[], Awaitable[bool]]  # Starlette's `request.is_disconnected`
 
+# How a failed /v1/infer job answers: (HTTP status, error code); anything else is 500 generation_failed.
+INFER_FAILURES = {
+    "timeout": (504, "timeout"),
+    "out_of_memory": (503, "out_of_memory"),
+    "cancelled": (503, "cancelled"),
+    "unavailable": (501, "unavailable"),
+}
+OPTIONAL = ("texture", "background_removal")  # optional parts of the 3D backend: "off" never blocks readiness
 MODERATION_CATEGORY = "sexual"  # the classifiers we use detect sexual content only
 TEXT_STAGE_SHARE = 0.3  # share of a text-mode job's progress spent before the 3D backend starts
 
@@ -65,16 +73,6 @@ def make_backend(settings: Settings, plan: VramPlan) -> Backend3D:
     from nim_trellis.backends.relief import ReliefBackend
 
     return ReliefBackend(settings)
-
-
-class ScaledReporter:
-    """Maps a backend's own 0..1 progress into a slice of the job's progress."""
-
-    def __init__(self, ctx: StageReporter, start: float, end: float) -> None:
-        self.ctx, self.start, self.end = ctx, start, end
-
-    def stage(self, name: str, progress: float) -> None:
-        self.ctx.stage(name, self.start + (self.end - self.start) * progress)
 
 
 class TrellisService:
@@ -127,12 +125,16 @@ class TrellisService:
         log.info("GPU memory plan %s (%s): %s", self.vram.profile, self.vram.reason, self.vram.lowered or "as set")
 
     def components(self) -> dict[str, BackendHealth]:
-        return {
+        parts = {
             "3d": self.backend_health,
             "imagegen": self.imagegen.health,
             "safety_prompt": self.safety.prompt.health,
             "safety_image": self.safety.image.health,
         }
+        if self.backend_health.state == "ready":  # optional parts of the 3D backend, known once it has loaded
+            for name, cap in self.backend.capabilities().items():
+                parts[name] = BackendHealth(state="ready" if cap.available else "off", detail=cap.detail)
+        return parts
 
     def health(self) -> HealthResponse:
         parts = self.components()
@@ -141,6 +143,9 @@ class TrellisService:
             name: h for name, h in parts.items() if h.state == "error" and not (fail_open and name.startswith("safety"))
         }
         warnings = [f"{name}: {h.detail}" for name, h in parts.items() if h.state == "error" and name not in blocking]
+        warnings += [
+            f"{name} unavailable: {h.detail}" for name, h in parts.items() if name in OPTIONAL and h.state == "off"
+        ]
         status: Literal["ready", "loading", "error"]
         if blocking:
             status, message = "error", "; ".join(f"{n}: {h.detail}" for n, h in blocking.items())
@@ -178,12 +183,17 @@ class TrellisService:
                 )
 
     # --- 3D ------------------------------------------------------------------------------------------------
-    async def submit_3d(self, request: InferRequest) -> Job:
-        # Decoding a large image takes tens of milliseconds: off the event loop, like all CPU work here.
-        task = await asyncio.to_thread(request.to_task, self.settings)
-        return self.enqueue_3d(task)
+    async def submit_3d(self, request: InferRequest, *, in_memory: bool = False) -> Job:
+        # Decoding a large image (and checking its alpha) takes tens of milliseconds: off the event loop.
+        task = await asyncio.to_thread(self._checked_task, request)
+        return self.enqueue_3d(task, in_memory=in_memory)
 
-    def enqueue_3d(self, task: Task3D) -> Job:
+    def _checked_task(self, request: InferRequest) -> Task3D:
+        task = request.to_task(self.settings)
+        self._check_capabilities(task)
+        return task
+
+    def enqueue_3d(self, task: Task3D, *, in_memory: bool = False) -> Job:
         self.require("3d", "safety_prompt", "safety_image")
         if task.mode == "text" and not self.backend.supports_text:
             self.require("imagegen")
@@ -202,7 +212,32 @@ class TrellisService:
             output_format=task.params.output_format,
             seed=task.params.seed,
             lean=self._lean_3d(task),
+            in_memory=in_memory,
         )
+
+    def _check_capabilities(self, task: Task3D) -> None:
+        """Refuse, before queueing, what this server cannot make (a missing optional part of the backend)."""
+        caps = self.backend.capabilities()
+        texture, cutout = caps.get("texture"), caps.get("background_removal")
+        params = task.params
+        if texture and not texture.available and params.output_format == "glb" and not params.no_texture:
+            raise ServiceError(
+                501,
+                f"Textured GLBs cannot be made on this server ({texture.detail}). Send `no_texture: true` for a "
+                'vertex-coloured GLB, or `output_format: "stl"`.',
+                code="texture_unavailable",
+                param="no_texture",
+            )
+        drawn_first = task.mode == "text" and not self.backend.supports_text  # SANA draws on a plain background
+        opaque = drawn_first or (task.image is not None and not has_real_alpha(task.image))
+        if cutout and not cutout.available and opaque:
+            raise ServiceError(
+                501,
+                f"This server cannot remove image backgrounds ({cutout.detail}). Send an image whose background "
+                "is transparent (a PNG with alpha).",
+                code="background_removal_unavailable",
+                param="image",
+            )
 
     def _lean_3d(self, task: Task3D) -> LeanRetry:
         """After CUDA out-of-memory: the same job without the texture bake (the largest peak), once."""
@@ -251,30 +286,19 @@ class TrellisService:
                 self.queue.abandon(job)
                 raise ServiceError(499, "The client closed the request.", code="client_closed_request")
 
-    async def infer(self, request: InferRequest, is_disconnected: Disconnected | None = None) -> InferResponse:
-        job = await self.submit_3d(request)
+    async def infer(self, request: InferRequest, is_disconnected: Disconnected | None = None) -> InferResult:
+        """Run one 3D job to its end; a failure is raised as a `ServiceError` with the job's reason."""
+        job = await self.submit_3d(request, in_memory=True)
         await self.wait(job, is_disconnected)
-        try:
-            if job.status == "succeeded" and job.result_path is not None:
-                data = await asyncio.to_thread(_file_b64, job.result_path)
-                reason: FinishReason = "SUCCESS"
-            else:
-                if job.status == "failed":
-                    log.warning("infer job %s failed: %s", job.id, job.error)
-                data, reason = "", ("CONTENT_FILTERED" if job.status == "filtered" else "ERROR")
-        finally:
-            self.queue.discard(job)
-        return InferResponse(
-            artifacts=[
-                Artifact(
-                    base64=data,
-                    finishReason=reason,
-                    seed=job.seed or 0,
-                    backend=job.backend,
-                    output_format=job.output_format,
-                )
-            ]
-        )
+        self.queue.discard(job)
+        if job.status == "succeeded" and isinstance(job.value, MeshArtifact):
+            return InferResult(job.value, "SUCCESS")
+        if job.status == "filtered":
+            return InferResult(None, "CONTENT_FILTERED", job.seed or 0, job.backend, job.output_format, job.error)
+        log.warning("infer job %s %s: %s", job.id, job.status, job.error)
+        status, code = INFER_FAILURES.get(job.error_code or "", (500, "generation_failed"))
+        retry = self.settings.trellis_retry_after_s if status == 503 else None
+        raise ServiceError(status, f"3D generation failed: {job.error}", code=code, retry_after_s=retry)
 
     # --- text-to-image -------------------------------------------------------------------------------------
     async def generate_images(
@@ -346,8 +370,32 @@ class TrellisService:
         return d.flagged, round(d.score, 6)
 
 
-def _file_b64(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode()
+@dataclass(frozen=True)
+class InferResult:
+    """A finished /v1/infer job: the artifact, or none when the safety check refused the input."""
+
+    artifact: MeshArtifact | None
+    finish_reason: FinishReason
+    seed: int = 0
+    backend: str = ""
+    output_format: str = ""
+    detail: str | None = None
+
+    def response(self) -> InferResponse:
+        """The NIM JSON answer: the file as base64 inside the artifact."""
+        a = self.artifact
+        data = base64.b64encode(a.data).decode() if a else ""
+        return InferResponse(
+            artifacts=[
+                Artifact(
+                    base64=data,
+                    finishReason=self.finish_reason,
+                    seed=a.seed if a else self.seed,
+                    backend=a.backend if a else self.backend,
+                    output_format=a.output_format if a else self.output_format,
+                )
+            ]
+        )
 
 
 def _png_b64(image: Image.Image) -> str:

@@ -25,7 +25,7 @@ from PIL import Image
 from scipy import ndimage
 
 from config import Settings
-from nim_trellis.backends.base import MeshArtifact, MeshParams, StageReporter
+from nim_trellis.backends.base import Capability, MeshArtifact, MeshParams, StageReporter
 
 ALPHA_OPAQUE = 128  # alpha at or above this counts as foreground (and below it as "real" transparency)
 MEAN_SAMPLE_SIDE = 64  # the mean foreground colour is estimated on a thumbnail this size
@@ -209,6 +209,9 @@ class ReliefBackend:
 
     def load(self) -> None:
         """Nothing to load; present for the interface."""
+
+    def capabilities(self) -> dict[str, Capability]:
+        return {}  # textures come from the image itself; the silhouette from alpha or the border colour
 
     def image_to_mesh(self, image: Image.Image, params: MeshParams, report: StageReporter) -> MeshArtifact:
         s = self.settings

@@ -1,12 +1,17 @@
 """`trellis`: microsoft/TRELLIS image-to-3D (and text-to-3D) with its real API (REFERENCE.md §3).
 
-TRELLIS exists only inside the GPU image (it is not pip-installable), so it is imported lazily in `load()`, after
-the attention and sparse-convolution environment variables it reads at import time are set. The adapter stays
-thin: `Pipeline.from_pretrained(...)` then `.cuda()` (whose None result is never assigned), `.run(...)` under
-`torch.inference_mode()` (with autograd on, upstream's decoders peak at 2-3x the memory), then
-`postprocessing_utils.to_glb(...)` for textured GLBs or a plain vertex-coloured mesh when `no_texture` is set.
-`to_glb` optimises the texture with autograd, so a textured run samples under `torch.no_grad()` instead (tensors
-made in inference mode cannot be saved for backward) and bakes with autograd on, as upstream's demo does.
+TRELLIS is not pip-installable; the image clones it at a pinned commit and the CPU tests unpack the same sources.
+It is imported in `load()`, after the environment it reads at import time is set (`configure_attention`) and the
+optional modules it imports at module top are deferred (`optional_deps`), so the untextured and STL paths load
+without the texture bake's CUDA extensions; what is missing shows in `capabilities()`.
+
+The adapter stays thin: `Pipeline.from_pretrained(...)`, moved with `.to(device)` (whose None result is never
+assigned), `.run(...)` under `torch.inference_mode()` (with autograd on, upstream's decoders peak at 2-3x the
+memory). Two hooks on the pipeline's own sampler and decoder objects report every sampling step as progress, and
+a cancelled or timed-out job stops at the next step. Untextured output is the extracted mesh simplified to
+`MESH_FACE_BUDGET` faces (`mesh_export`); textured output is upstream's bake (`texture_bake`), which optimises the
+texture with autograd, so a textured run samples under `torch.no_grad()` instead (tensors made in inference mode
+cannot be saved for backward).
 
 Low-VRAM mode (the 16gb and 24gb GPU memory profiles, `vram.py`) keeps the models in CPU memory and moves each
 to the GPU when it runs, pushing the previous one out (`place_per_stage`), so one stage's weights occupy the GPU.
@@ -17,21 +22,39 @@ does, and passed with `preprocess_image=False`, so rembg (and its u2net download
 
 from __future__ import annotations
 
-import io
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from config import Settings
-from nim_trellis.backends.base import MeshArtifact, MeshParams, StageReporter
+from nim_trellis.backends import mesh_export, optional_deps, texture_bake, torch_attention
+from nim_trellis.backends.base import Capability, MeshArtifact, MeshParams, ScaledReporter, StageReporter
 from nim_trellis.backends.relief import has_real_alpha
 
 TRELLIS_INPUT_SIDE = 518  # DINOv2 input size used by upstream's preprocessing
 ALPHA_BBOX_LEVEL = 0.8 * 255  # upstream crops to pixels above 80% alpha
 CROP_MARGIN = 1.2  # upstream's margin around the object
-Z_UP_TO_Y_UP = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float32)  # as upstream's to_glb rotates
+
+# Where each part of a run sits in the job's progress (0..1 of the backend's share), untextured / textured.
+SPANS_UNTEXTURED = {"structure": (0.02, 0.35), "latent": (0.35, 0.85), "decoding": 0.85, "export": 0.92}
+SPANS_TEXTURED = {"structure": (0.02, 0.15), "latent": (0.15, 0.35), "decoding": 0.35, "bake": (0.4, 1.0)}
+STAGE_NAMES = {"structure": "sampling_structure", "latent": "sampling_latent"}
+
+
+def configure_attention(settings: Settings) -> None:
+    """Set what TRELLIS and DINOv2 read when they are imported; call before the first `import trellis`."""
+    sparse = settings.trellis_sparse_attn_backend
+    os.environ["ATTN_BACKEND"] = settings.trellis_attn_backend
+    os.environ["SPARSE_ATTN_BACKEND"] = "flash_attn" if sparse == "torch" else sparse
+    os.environ["SPCONV_ALGO"] = settings.trellis_spconv_algo
+    if sparse == "torch":
+        torch_attention.install()
+    if "xformers" not in (settings.trellis_attn_backend, sparse):
+        # DINOv2 uses any importable xformers whatever TRELLIS is told; a build for another torch then fails.
+        os.environ["XFORMERS_DISABLED"] = "1"
 
 
 def prepare_rgba(image: Image.Image) -> Image.Image:
@@ -47,18 +70,7 @@ def prepare_rgba(image: Image.Image) -> Image.Image:
     return Image.fromarray((arr[..., :3] * arr[..., 3:4] * 255).astype(np.uint8), "RGB")
 
 
-def vertex_coloured_mesh(mesh: Any) -> Any:
-    """trimesh.Trimesh from TRELLIS's MeshExtractResult: colours from the first three vertex attributes, y up."""
-    import trimesh
-
-    vertices = mesh.vertices.detach().float().cpu().numpy() @ Z_UP_TO_Y_UP
-    faces = mesh.faces.detach().cpu().numpy()
-    rgb = np.clip(mesh.vertex_attrs[:, :3].detach().float().cpu().numpy(), 0.0, 1.0)
-    colours = np.concatenate([(rgb * 255).astype(np.uint8), np.full((len(rgb), 1), 255, np.uint8)], axis=1)
-    return trimesh.Trimesh(vertices, faces, vertex_colors=colours, process=False)
-
-
-def place_per_stage(pipe: Any, device: str = "cuda") -> None:
+def place_per_stage(pipe: Any, device: str) -> None:
     """Low-VRAM mode: models stay on the CPU; a forward pre-hook moves each to `device` as it runs and the others
     back, and the pipeline's `device` (where it creates its inputs and noise) is pinned to `device`."""
     import torch
@@ -84,6 +96,28 @@ def _placed_on(module: Any, device: Any) -> bool:
     return param is not None and param.device.type == device.type
 
 
+@dataclass
+class RunProgress:
+    """Turns sampler steps and decoder calls of one pipeline run into job progress (one run at a time)."""
+
+    report: StageReporter
+    spans: dict[str, Any]
+    steps: dict[str, int]
+    done: dict[str, int] = field(default_factory=dict)
+
+    def sampler_step(self, part: str) -> None:
+        start, end = self.spans[part]
+        i = self.done.get(part, 0)
+        self.done[part] = i + 1
+        if i == 0:
+            self.report.stage(STAGE_NAMES[part], start)
+        else:
+            self.report.advance(start + (end - start) * i / max(self.steps[part], 1))
+
+    def decoding(self) -> None:
+        self.report.stage("decoding", self.spans["decoding"])
+
+
 class TrellisBackend:
     name = "trellis"
 
@@ -93,30 +127,51 @@ class TrellisBackend:
         self.supports_text = bool(settings.trellis_text_model)
         self._image_pipe: Any = None
         self._text_pipe: Any = None
-        self._post: Any = None
+        self._features = optional_deps.Features()
+        self._texture_problem = "not loaded yet"
+        self._run: RunProgress | None = None
 
+    # --- loading -------------------------------------------------------------------------------------------
     def load(self) -> None:
         s = self.settings
-        os.environ["ATTN_BACKEND"] = s.trellis_attn_backend  # read at `import trellis`: must come first
-        os.environ["SPARSE_ATTN_BACKEND"] = s.trellis_sparse_attn_backend
-        os.environ["SPCONV_ALGO"] = s.trellis_spconv_algo
+        configure_attention(s)
+        self._features = optional_deps.defer()
         from trellis.pipelines import TrellisImageTo3DPipeline
-        from trellis.utils import postprocessing_utils
 
-        self._post = postprocessing_utils
-        self._image_pipe = self._place(TrellisImageTo3DPipeline.from_pretrained(s.trellis_image_model))
+        self._image_pipe = self._prepare(TrellisImageTo3DPipeline.from_pretrained(s.trellis_image_model))
         if self.supports_text:
             from trellis.pipelines import TrellisTextTo3DPipeline
 
-            self._text_pipe = self._place(TrellisTextTo3DPipeline.from_pretrained(s.trellis_text_model))
+            self._text_pipe = self._prepare(TrellisTextTo3DPipeline.from_pretrained(s.trellis_text_model))
         self._warm_up()
+        self._texture_problem = self._check_texture()
 
-    def _place(self, pipe: Any) -> Any:
+    def _prepare(self, pipe: Any) -> Any:
+        import torch
+
         if self.low_vram:
-            place_per_stage(pipe)
+            place_per_stage(pipe, self.settings.trellis_device)
         else:
-            pipe.cuda()  # returns None; the pipeline moves in place
+            pipe.to(torch.device(self.settings.trellis_device))  # returns None; the pipeline moves in place
+        for part, sampler in (("structure", pipe.sparse_structure_sampler), ("latent", pipe.slat_sampler)):
+            sampler.sample_once = self._counted(sampler.sample_once, part)
+        decode = pipe.decode_slat
+
+        def decode_slat(*args: Any, **kwargs: Any) -> Any:
+            if self._run is not None:
+                self._run.decoding()
+            return decode(*args, **kwargs)
+
+        pipe.decode_slat = decode_slat
         return pipe
+
+    def _counted(self, sample_once: Any, part: str) -> Any:
+        def step(*args: Any, **kwargs: Any) -> Any:
+            if self._run is not None:
+                self._run.sampler_step(part)  # raises here when the job was cancelled: within one step
+            return sample_once(*args, **kwargs)
+
+        return step
 
     def _warm_up(self) -> None:
         """One small run before readiness, so kernel selection/autotuning is not paid by the first request."""
@@ -125,48 +180,90 @@ class TrellisBackend:
         params = MeshParams(seed=1, ss_steps=1, slat_steps=1, ss_cfg=0.0, slat_cfg=0.0, no_texture=True)
         self._sample(self._image_pipe, prepare_rgba(image), params, preprocess_image=False)
 
-    def _sample(self, pipe: Any, cond: Any, params: MeshParams, **extra: Any) -> dict[str, list[Any]]:
+    def _check_texture(self) -> str:
+        """Why textured GLBs cannot be made here ("" when they can). Builds nvdiffrast's plugin now, not at the
+        first textured request."""
+        if not self._features.available("texture"):
+            return self._features.reason("texture")
+        if not self.settings.trellis_device.startswith("cuda"):
+            return "the texture bake needs a CUDA GPU"
+        try:
+            import sys
+
+            import torch.utils.cpp_extension
+            import utils3d.torch
+
+            # nvdiffrast 0.3.3 JIT-builds its plugin (cached under TORCH_EXTENSIONS_DIR) and then imports it by
+            # name, which fails unless the build folder is on sys.path.
+            sys.path.append(torch.utils.cpp_extension._get_build_directory("nvdiffrast_plugin", False))
+            utils3d.torch.RastContext(backend="cuda")
+        except Exception as e:  # a plugin that does not build or load: textured GLBs fail, the rest works
+            return f"nvdiffrast could not start: {type(e).__name__}: {e}"
+        return ""
+
+    def capabilities(self) -> dict[str, Capability]:
+        rembg = self._features.reason("background_removal")
+        return {
+            "texture": Capability(not self._texture_problem, self._texture_problem or "textured GLB available"),
+            "background_removal": Capability(
+                not rembg, f"rembg: {rembg}; send images with transparency" if rembg else "rembg available"
+            ),
+        }
+
+    # --- running -------------------------------------------------------------------------------------------
+    def _sample(
+        self, pipe: Any, cond: Any, params: MeshParams, progress: RunProgress | None = None, **extra: Any
+    ) -> dict[str, list[Any]]:
         import torch
 
         textured = params.output_format == "glb" and not params.no_texture
-        with torch.no_grad() if textured else torch.inference_mode():
-            return pipe.run(
-                cond,
-                seed=params.seed,
-                sparse_structure_sampler_params={"steps": params.ss_steps, "cfg_strength": params.ss_cfg},
-                slat_sampler_params={"steps": params.slat_steps, "cfg_strength": params.slat_cfg},
-                formats=["mesh", "gaussian"] if textured else ["mesh"],  # decode only what the output needs
-                **extra,
-            )
+        self._run = progress
+        try:
+            with torch.no_grad() if textured else torch.inference_mode():
+                return pipe.run(
+                    cond,
+                    seed=params.seed,
+                    sparse_structure_sampler_params={"steps": params.ss_steps, "cfg_strength": params.ss_cfg},
+                    slat_sampler_params={"steps": params.slat_steps, "cfg_strength": params.slat_cfg},
+                    formats=["mesh", "gaussian"] if textured else ["mesh"],  # decode only what the output needs
+                    **extra,
+                )
+        finally:
+            self._run = None
+
+    def _progress(self, params: MeshParams, report: StageReporter) -> RunProgress:
+        textured = params.output_format == "glb" and not params.no_texture
+        spans = SPANS_TEXTURED if textured else SPANS_UNTEXTURED
+        return RunProgress(report, spans, {"structure": params.ss_steps, "latent": params.slat_steps})
 
     def image_to_mesh(self, image: Image.Image, params: MeshParams, report: StageReporter) -> MeshArtifact:
-        report.stage("preprocess", 0.02)
+        report.stage("preprocess", 0.0)
         alpha = has_real_alpha(image)
         cond = prepare_rgba(image) if alpha else image.convert("RGB")
-        report.stage("sampling", 0.05)
-        outputs = self._sample(self._image_pipe, cond, params, preprocess_image=not alpha)
-        return self._export(outputs, params, report)
+        progress = self._progress(params, report)
+        outputs = self._sample(self._image_pipe, cond, params, progress, preprocess_image=not alpha)
+        return self._export(outputs, params, progress)
 
     def text_to_mesh(self, prompt: str, params: MeshParams, report: StageReporter) -> MeshArtifact:
-        report.stage("sampling", 0.05)
-        outputs = self._sample(self._text_pipe, prompt, params)
-        return self._export(outputs, params, report)
+        progress = self._progress(params, report)
+        outputs = self._sample(self._text_pipe, prompt, params, progress)
+        return self._export(outputs, params, progress)
 
-    def _export(self, outputs: dict[str, list[Any]], params: MeshParams, report: StageReporter) -> MeshArtifact:
-        mesh = outputs["mesh"][0]
-        buf = io.BytesIO()
+    def _export(self, outputs: dict[str, list[Any]], params: MeshParams, progress: RunProgress) -> MeshArtifact:
+        extracted = outputs["mesh"][0]
+        if not extracted.success:
+            raise ValueError("TRELLIS produced an empty mesh for this input; try another seed or image")
         if params.output_format == "glb" and not params.no_texture:
-            report.stage("texture_bake", 0.6)
-            glb = self._post.to_glb(
+            start, end = progress.spans["bake"]
+            data = texture_bake.bake_glb(
                 outputs["gaussian"][0],
-                mesh,
+                extracted,
                 simplify=self.settings.mesh_simplify,
                 texture_size=self.settings.texture_size,
+                report=ScaledReporter(progress.report, start, end),
             )
-            glb.export(buf, file_type="glb")
         else:
-            report.stage("export", 0.9)
-            vertex_coloured_mesh(mesh).export(buf, file_type=params.output_format)
-        return MeshArtifact(
-            data=buf.getvalue(), output_format=params.output_format, backend=self.name, seed=params.seed
-        )
+            progress.report.stage("export", progress.spans["export"])
+            mesh = mesh_export.simplified(extracted, self.settings.mesh_face_budget)
+            data = mesh_export.encode(mesh, params.output_format)
+        return MeshArtifact(data=data, output_format=params.output_format, backend=self.name, seed=params.seed)

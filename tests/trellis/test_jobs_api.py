@@ -103,10 +103,10 @@ def test_job_backend_exception_fails_only_that_job(make_settings, png_uri: str) 
         failed = wait_job(url, bad, FINISHED)
         assert failed["status"] == "failed" and "simulated backend crash" in failed["error"]
         assert wait_job(url, good, FINISHED)["status"] == "succeeded"
-        art = httpx.post(
-            f"{url}/v1/infer", json={"image": png_uri, "seed": FailingBackend.FAIL_SEED}, timeout=30
-        ).json()["artifacts"][0]
-        assert art["finishReason"] == "ERROR" and art["base64"] == ""
+        r = httpx.post(f"{url}/v1/infer", json={"image": png_uri, "seed": FailingBackend.FAIL_SEED}, timeout=30)
+        # A failed /v1/infer is an error answer with the reason, never 200 with an empty artifact.
+        assert r.status_code == 500 and r.json()["error"]["code"] == "generation_failed"
+        assert "simulated backend crash" in r.json()["error"]["message"]
         metrics = httpx.get(f"{url}/v1/metrics").text
         assert 'trellis_jobs_total{kind="3d",outcome="failed"} 2.0' in metrics
 

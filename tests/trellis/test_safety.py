@@ -104,7 +104,7 @@ def test_classifier_exception_is_an_error_not_a_filter(make_settings) -> None:
             raise RuntimeError("NSFW content detected")
 
         service.safety.prompt._pipe = explode
-        art = infer(url, {"prompt": "a chair"}).json()["artifacts"][0]
-        assert art["finishReason"] == "ERROR"
+        r = infer(url, {"prompt": "a chair"})
+        assert r.status_code == 500 and "NSFW content detected" in r.json()["error"]["message"]
         mod = httpx.post(f"{url}/v1/moderations", json={"input": "a chair"})
         assert mod.status_code == 503 and mod.json()["error"]["code"] == "safety_unavailable"
