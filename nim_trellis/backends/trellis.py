@@ -22,8 +22,11 @@ does, and passed with `preprocess_image=False`, so rembg (and its u2net download
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,6 +58,33 @@ def configure_attention(settings: Settings) -> None:
     if "xformers" not in (settings.trellis_attn_backend, sparse):
         # DINOv2 uses any importable xformers whatever TRELLIS is told; a build for another torch then fails.
         os.environ["XFORMERS_DISABLED"] = "1"
+
+
+@contextlib.contextmanager
+def hub_cache_first() -> Iterator[None]:
+    """`torch.hub.load("owner/repo", ...)` from the hub cache (`$TORCH_HOME/hub/owner_repo_main`) when it is there.
+
+    Given no branch, torch.hub first asks GitHub which branch is the default; where the network drops packets
+    instead of refusing them (an offline server behind a firewall) that request waits forever and the service
+    never becomes ready. A cached checkout answers without asking; weights come from `hub/checkpoints` as before.
+    """
+    import torch.hub
+
+    original = torch.hub.load
+
+    def load(repo_or_dir: str, model: str, *args: Any, source: str = "github", **kwargs: Any) -> Any:
+        if source == "github" and ":" not in repo_or_dir:
+            for branch in ("main", "master"):
+                cached = Path(torch.hub.get_dir()) / f"{repo_or_dir.replace('/', '_')}_{branch}"
+                if (cached / "hubconf.py").is_file():
+                    return original(str(cached), model, *args, source="local", **kwargs)
+        return original(repo_or_dir, model, *args, source=source, **kwargs)
+
+    torch.hub.load = load
+    try:
+        yield
+    finally:
+        torch.hub.load = original
 
 
 def prepare_rgba(image: Image.Image) -> Image.Image:
@@ -138,7 +168,8 @@ class TrellisBackend:
         self._features = optional_deps.defer()
         from trellis.pipelines import TrellisImageTo3DPipeline
 
-        self._image_pipe = self._prepare(TrellisImageTo3DPipeline.from_pretrained(s.trellis_image_model))
+        with hub_cache_first():  # the image pipeline loads DINOv2 through torch.hub
+            self._image_pipe = self._prepare(TrellisImageTo3DPipeline.from_pretrained(s.trellis_image_model))
         if self.supports_text:
             from trellis.pipelines import TrellisTextTo3DPipeline
 
