@@ -5,7 +5,7 @@
 # Build arguments:
 #   TORCH_CUDA_ARCH_LIST  GPU architectures the CUDA extensions are compiled for (8.0 A100, 8.6 RTX 30xx/A10,
 #                         8.9 RTX 40xx/L4/L40S, 9.0 H100/H200; add 12.0 for RTX 50xx)
-#   TORCH_VERSION, TORCH_CUDA  torch build (must equal requirements-gpu.txt; tests check it)
+#   TORCH_VERSION, TORCHVISION_VERSION, TORCH_CUDA  torch builds (must equal requirements-gpu.txt; tests check it)
 #   TRELLIS_REF, NVDIFFRAST_REF, MIP_SPLATTING_REF  pinned upstream sources
 #   BAKE_MODELS=1         download all gpu-profile weights into the image (gated Llama needs a BuildKit
 #                         secret: docker build --build-arg BAKE_MODELS=1 --secret id=hf_token,env=HF_TOKEN .)
@@ -13,8 +13,9 @@
 # Layers run from the slowest-changing (system, torch, compiled extensions, TRELLIS) to the fastest (the
 # project's own files), so editing the app rebuilds only the last few layers.
 #
-# The final stage keeps the CUDA *devel* base on purpose: nvdiffrast 0.3 compiles its CUDA plugin on first use
-# (torch JIT, needs nvcc and ninja at run time; cached in TORCH_EXTENSIONS_DIR on the torch-cache volume). The
+# The final stage keeps the CUDA *devel* base on purpose: nvdiffrast 0.3 compiles its CUDA plugin (torch JIT, needs
+# nvcc and ninja at run time) when the 3D service loads, before it reports ready, for the GPU it finds; it is cached
+# in TORCH_EXTENSIONS_DIR on the torch-cache volume, so only the first start pays (about 30 s). The
 # build stage holds what only building needs (source trees, pip caches, build tools' leftovers).
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-devel-ubuntu22.04
 
@@ -43,6 +44,7 @@ RUN apt-get update \
 # ---- build: the venv with torch, the compiled extensions, TRELLIS and all requirements -------------------
 FROM python AS build
 ARG TORCH_VERSION=2.13.0
+ARG TORCHVISION_VERSION=0.28.0
 ARG TORCH_CUDA=cu128
 ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0"
 ARG TRELLIS_REF=6b0d647
@@ -54,16 +56,19 @@ ENV VIRTUAL_ENV=/opt/venv \
     MAX_JOBS=4
 RUN python3.11 -m venv /opt/venv \
     && pip install pip==25.3 setuptools==80.9.0 wheel==0.45.1
-RUN pip install "torch==${TORCH_VERSION}+${TORCH_CUDA}" \
+RUN pip install "torch==${TORCH_VERSION}+${TORCH_CUDA}" "torchvision==${TORCHVISION_VERSION}+${TORCH_CUDA}" \
         --index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" --extra-index-url https://pypi.org/simple
 
 # CUDA extensions, compiled against the torch above for TORCH_CUDA_ARCH_LIST (no GPU needed to build).
+# `-include cstdint`: diff-gaussian-rasterization does not build under gcc 13 without it (harmless before).
 WORKDIR /tmp/ext
 RUN git clone --filter=blob:none https://github.com/NVlabs/nvdiffrast.git \
     && git -C nvdiffrast checkout --quiet "${NVDIFFRAST_REF}" \
-    && git clone --filter=blob:none https://github.com/autonomousvision/mip-splatting.git \
+    && git clone --filter=blob:none --recurse-submodules https://github.com/autonomousvision/mip-splatting.git \
     && git -C mip-splatting checkout --quiet "${MIP_SPLATTING_REF}" \
-    && pip install --no-build-isolation ./nvdiffrast ./mip-splatting/submodules/diff-gaussian-rasterization
+    && git -C mip-splatting submodule update --init --recursive \
+    && NVCC_APPEND_FLAGS="-include cstdint" pip install --no-build-isolation --no-deps \
+        ./nvdiffrast ./mip-splatting/submodules/diff-gaussian-rasterization
 WORKDIR /opt
 
 # TRELLIS at a pinned commit with its FlexiCubes submodule; used from PYTHONPATH (it has no installer).

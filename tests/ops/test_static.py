@@ -175,6 +175,38 @@ def test_pins_agree_between_requirements_and_dockerfile() -> None:
     assert "EasternJournalist/utils3d.git@9a4eb15" in gpu_text
 
 
+# Where the image gets each module an optional TRELLIS feature needs (nim_trellis/backends/optional_deps.py).
+FEATURE_MODULE_SOURCES = {
+    "nvdiffrast.torch": "Dockerfile",
+    "diff_gaussian_rasterization": "Dockerfile",
+    "xatlas": "xatlas",
+    "pymeshfix": "pymeshfix",
+    "igraph": "igraph",
+    "cv2": "opencv-python-headless",
+    "rembg": "rembg",
+}
+
+
+def test_gpu_image_installs_every_optional_trellis_part_and_no_foreign_attention_build() -> None:
+    from nim_trellis.backends.optional_deps import FEATURE_MODULES
+
+    gpu_text = (ROOT / "requirements-gpu.txt").read_text()
+    packages = {
+        re.split(r"[=<>@ \[]", line, maxsplit=1)[0].lower() for line in gpu_text.splitlines() if line[:1].isalpha()
+    }
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for feature, modules in FEATURE_MODULES.items():
+        for module in modules:
+            source = FEATURE_MODULE_SOURCES[module]
+            assert (source == "Dockerfile" and module.split(".")[0].replace("_", "-") in dockerfile) or (
+                source in packages
+            ), f"{feature} needs {module}"
+    # xformers / flash-attn wheels load only with the torch they were built for; TRELLIS uses PyTorch's kernels.
+    assert not {"xformers", "flash-attn", "flash_attn"} & packages
+    vision = re.search(r"^torchvision==([\w.]+)\+(cu12\d)$", gpu_text, flags=re.M)
+    assert vision and vision.group(1) == dockerfile_args()["TORCHVISION_VERSION"]
+
+
 def test_ports_and_paths_agree_across_config_dockerfile_compose() -> None:
     env = dockerfile_env()
     fields = config.Settings.model_fields
