@@ -20,10 +20,19 @@ ICONS = {"ready": "●", "loading": "◐", "down": "○"}
 
 def imagegen_state(trellis: Health) -> tuple[bool, str]:
     """Whether text-to-image can draw, and why not (the 3D service reports it as one of its backends)."""
-    part = (trellis.details.get("backends") or {}).get("imagegen")
-    if isinstance(part, dict) and part.get("state") in ("off", "error"):
-        return False, str(part.get("detail") or "text-to-image is off")
+    available, why = part_state(trellis, "imagegen")
+    if not available:
+        return False, why
     return trellis.state == "ready", trellis.message
+
+
+def part_state(trellis: Health, part: str) -> tuple[bool, str]:
+    """Whether an optional part of the 3D backend (`texture`, `background_removal`) can run, and why not. Parts the
+    service does not report (the relief backend, an older service) count as available."""
+    info = (trellis.details.get("backends") or {}).get(part)
+    if isinstance(info, dict) and info.get("state") in ("off", "error"):
+        return False, str(info.get("detail") or f"{part} is unavailable")
+    return True, ""
 
 
 def _pill(name: str, h: Health, extra: str = "") -> str:
@@ -59,10 +68,25 @@ def header_html(h: HealthSnapshot) -> str:
         if can_draw or h.trellis.state != "ready"
         else (f' <span style="color:#9a6700">(images: {html.escape(why)}; upload your own images instead)</span>')
     )
+    note += _parts_note(h.trellis)
     # Small-GPU profiles: chat answers queue while a 3D stage has the GPU; say so rather than look stuck.
     turn = " · waiting for the GPU while a 3D step runs" if h.llm.details.get("waiting_for_gpu") else ""
     pills = f"{_pill('LLM', h.llm, turn)}{_pill('3D', h.trellis, queue)}"
     return f'<div id="status-header">{pills}{note}{vram_note(h)}</div>'
+
+
+def _parts_note(trellis: Health) -> str:
+    """What the 3D service cannot do on this installation, and what the studio does instead."""
+    if trellis.state != "ready":
+        return ""
+    notes = []
+    texture, why = part_state(trellis, "texture")
+    if not texture:
+        notes.append(f"3D models are vertex-coloured: textured GLBs are unavailable ({why})")
+    cutout, why = part_state(trellis, "background_removal")
+    if not cutout:
+        notes.append(f"3D needs images with a transparent background ({why})")
+    return "".join(f' <span class="parts" style="color:#9a6700">({html.escape(n)})</span>' for n in notes)
 
 
 @dataclass

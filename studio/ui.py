@@ -21,7 +21,7 @@ from studio.cards import GPU, SceneOut, board_updates, scene_out, stream_scene
 from studio.chat import chat_turn, flatten_history
 from studio.context import StudioContext
 from studio.export import export_scene
-from studio.status import gates, header_html
+from studio.status import gates, header_html, part_state
 from studio.workspace import Scene
 
 TITLE = "Chat-to-3D studio"
@@ -122,6 +122,9 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
         """Every card with an image and no model yet; named parameters so API clients can pass them by name."""
         sid = require(sid)
         yield scene_out(ws.load(sid))
+        # Where the 3D service cannot bake textures (the header says why), ask for what it can make.
+        textured, _ = part_state((await ctx.health()).trellis, "texture")
+        no_texture = no_texture or not textured
         params = jobs.job_params(int(seed or 0), int(ss_steps), int(slat_steps), ss_cfg, slat_cfg, no_texture)
         async for value in stream_scene(jobs.generate_3d(ctx, sid, None, params)):
             yield value

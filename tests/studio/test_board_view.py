@@ -46,6 +46,17 @@ def test_imagegen_off_disables_drawing_and_says_upload() -> None:
     assert "upload your own images" in header_html(snapshot(trellis=off))
 
 
+def test_header_says_what_the_3d_service_cannot_make() -> None:
+    parts = {
+        "texture": {"state": "off", "detail": "nvdiffrast.torch: ModuleNotFoundError"},
+        "background_removal": {"state": "ready", "detail": "rembg available"},
+    }
+    html = header_html(snapshot(trellis=Health("ready", "ready", 0, {"backends": parts})))
+    assert "textured GLBs are unavailable (nvdiffrast.torch: ModuleNotFoundError)" in html
+    assert "transparent background" not in html
+    assert "textured" not in header_html(snapshot())  # a service that reports no parts can make everything
+
+
 def test_card_texts_show_state_error_and_job_progress() -> None:
     obj = SceneObject(id="obj-00000001", name="Lamp", prompt="p", count=2, state="filtered", error="flagged")
     assert "×2" in card_header(obj) and "filtered" in card_header(obj) and "flagged" in card_header(obj)
