@@ -22,8 +22,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# Four objects keep a CPU plan call short (the tiny profile's random LLM fills every string to its limit).
-START_APP_ENV = {"UI_MAX_OBJECTS": "4", "UI_PLAN_MAX_TOKENS": "2400", "UI_JOB_POLL_S": "0.2"}
 REQUEST = "Create a cozy reading corner with an armchair, a floor lamp and a small bookshelf"
 
 
@@ -85,7 +83,7 @@ def started(profile: str) -> Iterator[str]:
 
     with (
         tempfile.TemporaryDirectory(prefix="ui-flow-") as root,
-        stack(Path(root), Path(root) / "cache", profile, **START_APP_ENV) as s,
+        stack(Path(root), Path(root) / "cache", profile) as s,  # the profile's defaults, as a user meets them
     ):
         yield s.app
 

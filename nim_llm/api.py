@@ -3,6 +3,7 @@
 `/v1/health/live` answers as soon as the process serves HTTP; `/v1/health/ready` stays 503 with the reason
 until the model is loaded and a warm-up generation succeeded (or says why loading failed, e.g. no HF_TOKEN).
 The GPU memory plan (`vram.py`) caps batch size and context before loading and is reported by the ready body.
+`POST /tokenize` sits at the root, not under /v1, where vLLM serves it, so clients written for vLLM find it.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from nim_llm import __version__
 from nim_llm.engine import Engine
 from nim_llm.errors import APIError, bad_request, internal, not_ready, too_large, unauthorized
 from nim_llm.metrics import CONTENT_TYPE, Metrics
-from nim_llm.protocol import ChatCompletionRequest, ModelCard, ModelList
+from nim_llm.protocol import ChatCompletionRequest, ModelCard, ModelList, TokenizeRequest
 from nim_llm.serving import ChatService, ModelState
 from nim_llm.startup import start_model
+from nim_llm.tokenizing import TokenizeService
 from vram import llm_plan
 
 log = logging.getLogger("nim_llm.api")
@@ -59,6 +61,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.vram = vram
     app.state.chat = ChatService(settings, state, metrics)
+    app.state.tokenize = TokenizeService(settings, state)
     app.state.started = int(time.time())
     app.add_middleware(BodyLimitMiddleware, limit=settings.llm_max_request_bytes)
     _add_error_handlers(app)
@@ -86,6 +89,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     if isinstance(result, dict):
         return JSONResponse(result)
     return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.post("/tokenize", dependencies=[Depends(require_api_key)])
+async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+    return (await request.app.state.tokenize.tokenize(body)).model_dump()
 
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)])

@@ -1,4 +1,4 @@
-"""Wire models of the OpenAI chat-completions API, fields in the spec's order.
+"""Wire models of the OpenAI chat-completions API, fields in the spec's order, and of vLLM's `/tokenize`.
 
 Requests ignore unknown fields (clients send many we do not implement). Fields we accept but do not act on
 (`frequency_penalty`, `presence_penalty`, `logit_bias`, `parallel_tool_calls`) are listed so their types are
@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nim_llm.sampling import SamplingParams
 
@@ -234,3 +234,38 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# --- tokenize (vLLM's extension of the OpenAI API, served at /tokenize) -------------------------------------------
+class TokenizeRequest(_Lenient):
+    """Count a prompt's tokens without generating: chat `messages` (templated exactly as `/v1/chat/completions`
+    templates them, tools included) or a plain `prompt`. vLLM's two request shapes, told apart by their fields."""
+
+    model: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    prompt: str | None = None
+    add_generation_prompt: bool = True  # messages only
+    add_special_tokens: bool = True  # prompt only (a chat template writes its own special tokens)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("send either `messages` or `prompt`")
+        return self
+
+    def to_chat_request(self, served_name: str) -> ChatCompletionRequest:
+        """The chat request whose prompt these messages make, so both are templated by the same code."""
+        return ChatCompletionRequest(
+            model=self.model or served_name,
+            messages=self.messages or [],
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+        )
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]

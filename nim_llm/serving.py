@@ -90,18 +90,10 @@ class ChatService:
 
     # --- checks ---------------------------------------------------------------------------------------------
     def _ready_engine(self) -> Engine:
-        if not self.state.ready or self.state.engine is None:
-            raise not_ready(self.state.reason, self.settings.llm_retry_after_s)
-        return self.state.engine
+        return ready_engine(self.settings, self.state)
 
     def _check_model(self, req: ChatCompletionRequest) -> None:
-        known = {self.settings.llm_served_name, self.state.model_id}
-        if req.model not in known:
-            raise not_found(
-                f"The model {req.model!r} does not exist; this server serves "
-                f"{self.settings.llm_served_name!r} (see GET /v1/models).",
-                param="model",
-            )
+        check_model_name(self.settings, self.state, req.model)
         if req.n > self.settings.llm_max_n:
             raise bad_request(
                 f"n={req.n} is more than this server allows ({self.settings.llm_max_n}, LLM_MAX_N).", param="n"
@@ -112,15 +104,7 @@ class ChatService:
         return prompt_ids, tools, self._grammar(req, engine)
 
     def _prompt(self, req: ChatCompletionRequest, engine: Engine) -> tuple[list[int], list[dict] | None]:
-        tools = tool_calls.active_tools(req, engine.tokenizer)
-        messages = [_template_message(m, i) for i, m in enumerate(req.messages)]
-        try:
-            encoded = engine.tokenizer.apply_chat_template(
-                messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True
-            )
-        except Exception as err:  # template errors (e.g. unsupported role order) are the request's fault
-            raise bad_request(f"The chat template rejected these messages: {err}", param="messages") from None
-        return list(encoded["input_ids"]), tools
+        return chat_prompt(req, engine.tokenizer)
 
     def _grammar(self, req: ChatCompletionRequest, engine: Engine) -> str | None:
         schema = tool_calls.forced_call_schema(req)
@@ -256,6 +240,39 @@ class ChatService:
         if builder.req.stream_options and builder.req.stream_options.include_usage:
             yield builder.usage_chunk(choices)
         yield "data: [DONE]\n\n"
+
+
+# --- shared with /tokenize (nim_llm/tokenizing.py) -------------------------------------------------------------
+def ready_engine(settings: Settings, state: ModelState) -> Engine:
+    """The running engine, or 503 with the reason while the model is loading or failed."""
+    if not state.ready or state.engine is None:
+        raise not_ready(state.reason, settings.llm_retry_after_s)
+    return state.engine
+
+
+def check_model_name(settings: Settings, state: ModelState, model: str) -> None:
+    """404 unless `model` is the served name or the loaded model's id."""
+    if model not in {settings.llm_served_name, state.model_id}:
+        raise not_found(
+            f"The model {model!r} does not exist; this server serves "
+            f"{settings.llm_served_name!r} (see GET /v1/models).",
+            param="model",
+        )
+
+
+def chat_prompt(
+    req: ChatCompletionRequest, tokenizer: Any, *, add_generation_prompt: bool = True
+) -> tuple[list[int], list[dict] | None]:
+    """The prompt's token ids through the model's chat template, and the tools it shows the model."""
+    tools = tool_calls.active_tools(req, tokenizer)
+    messages = [_template_message(m, i) for i, m in enumerate(req.messages)]
+    try:
+        encoded = tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+        )
+    except Exception as err:  # template errors (e.g. unsupported role order) are the request's fault
+        raise bad_request(f"The chat template rejected these messages: {err}", param="messages") from None
+    return list(encoded["input_ids"]), tools
 
 
 def _template_message(message: ChatMessage, index: int) -> dict[str, Any]:

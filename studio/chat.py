@@ -2,7 +2,9 @@
 
 `chat_turn` yields `(reply_so_far, scene)` pairs; `scene` is the scene the turn works on (a new one when a new
 scene request arrives while the current scene already has objects: start-over never deletes, it moves on).
-The plan is applied only after it validated, so a failed plan leaves the scene exactly as it was.
+The plan is applied only after it validated, so a failed plan leaves the scene exactly as it was. Every LLM call
+fits its answer into the served context (`studio/budget.py`): old history goes first, and a message too long on its
+own gets a plain reply asking to shorten it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from studio.clients import ServiceError
+from studio.clients import PromptTooLong, ServiceError
 from studio.context import StudioContext
 from studio.planner import (
     CHAT_SYSTEM,
@@ -25,6 +27,7 @@ from studio.planner import (
     parse_intent,
     parse_plan,
     plan_messages,
+    plan_min_tokens,
     plan_schema,
 )
 from studio.workspace import ChatMessage, Scene
@@ -83,7 +86,11 @@ async def request_plan(
     error: PlanError | None = None
     for _ in range(ctx.settings.ui_plan_attempts):
         raw = await ctx.services.llm.complete_json(
-            messages, plan_schema(max_objects), "scene_plan", max_tokens=ctx.settings.ui_plan_max_tokens
+            messages,
+            plan_schema(max_objects),
+            "scene_plan",
+            max_tokens=ctx.settings.ui_plan_max_tokens,
+            min_tokens=plan_min_tokens(),
         )
         try:
             return parse_plan(raw, max_objects)
@@ -132,6 +139,9 @@ async def chat_turn(
         plan = await request_plan(ctx, context, message, current if intent is Intent.EDIT else None)
     except PlanError as e:
         yield f"{e} Nothing was changed; please try again or rephrase the request.", current
+        return
+    except PromptTooLong as e:
+        yield f"{e.message} Nothing was changed.", current
         return
     except ServiceError as e:
         yield f"{e.message} Nothing was changed; please try again in a moment.", current

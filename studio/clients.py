@@ -1,8 +1,8 @@
 """Async HTTP clients for the LLM service and the 3D service.
 
-Every call goes through `_send`, which retries 429/503 answers (honouring `Retry-After`, capped) and connection
-failures, and turns every failure into a `ServiceError` whose message a user can read. Nothing here knows about
-Gradio.
+Every call goes through `_send` (or, for the LLM's streamed answers, `LLMClient._stream`), which retries 429/503
+answers (honouring `Retry-After`, capped) and connection failures, and turns every failure into a `ServiceError`
+whose message a user can read. Nothing here knows about Gradio.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from typing import Any, Literal
 import httpx
 
 from config import Settings
+from studio.budget import NoRoom, TokenCounter, context_exceeded, fit
 
 RETRY_STATUSES = (429, 503)
+MIN_ANSWER_TOKENS = 64  # fewer answer tokens than this and a chat reply is not worth asking for
 # 503s that waiting cannot fix (a component switched off by configuration): answered at once, not retried.
 PERMANENT_CODES = {"imagegen_off"}
 ServiceState = Literal["ready", "loading", "down"]
@@ -133,26 +135,95 @@ class _Service:
     health_path = "/health/ready"
 
 
+class PromptTooLong(ServiceError):
+    """The user's message, with the system prompt, leaves too little of the model's context for an answer."""
+
+
 class LLMClient(_Service):
-    """OpenAI-compatible chat completions: streamed text and schema-constrained JSON."""
+    """OpenAI-compatible chat completions: streamed text and schema-constrained JSON.
+
+    Every call is streamed (the timeout is the longest silence between two chunks, not the whole answer) and asks
+    for `max_tokens = min(wanted, context - prompt tokens)` (see `studio/budget.py`). The client remembers whether
+    the server counts tokens (`/tokenize`) and what context it reported, and asks again after any failed call.
+    """
 
     label = "LLM service"
     health_path = "/health/ready"
 
+    def __init__(self, base_url: str, settings: Settings, client: httpx.AsyncClient) -> None:
+        super().__init__(base_url, settings, client)
+        self.counter = TokenCounter(
+            client, self.base_url, self.headers, settings.llm_served_name, settings.ui_http_timeout_s
+        )
+
     def _body(self, messages: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
         return {"model": self.settings.llm_served_name, "messages": messages, **extra}
 
-    async def stream_chat(self, messages: list[dict[str, str]], *, max_tokens: int) -> AsyncIterator[str]:
+    async def stream_chat(
+        self, messages: list[dict[str, str]], *, max_tokens: int, min_tokens: int = MIN_ANSWER_TOKENS
+    ) -> AsyncIterator[str]:
         """Yield content deltas as they arrive (SSE), ending at `data: [DONE]`."""
-        body = self._body(messages, stream=True, max_tokens=max_tokens, temperature=self.settings.ui_chat_temperature)
+        extra = {"temperature": self.settings.ui_chat_temperature}
+        async for delta in self._generate(messages, extra, wanted=max_tokens, min_tokens=min_tokens):
+            yield delta
+
+    async def complete_json(
+        self,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any],
+        name: str,
+        *,
+        max_tokens: int,
+        min_tokens: int = MIN_ANSWER_TOKENS,
+    ) -> str:
+        """One `json_schema` call; returns the raw content for the caller to validate."""
+        fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+        extra = {"temperature": self.settings.ui_plan_temperature, "response_format": fmt}
+        return "".join([d async for d in self._generate(messages, extra, wanted=max_tokens, min_tokens=min_tokens)])
+
+    # --- one call ------------------------------------------------------------------------------------------
+    async def _generate(
+        self, messages: list[dict[str, str]], extra: dict[str, Any], *, wanted: int, min_tokens: int
+    ) -> AsyncIterator[str]:
+        try:
+            messages, max_tokens = await fit(messages, self.counter.count, wanted, min(min_tokens, wanted))
+        except NoRoom as e:
+            raise PromptTooLong(
+                "Your message is too long for the language model: with what the studio sends along (its "
+                f"instructions and any current plan) it takes {e.count.prompt_tokens} of the model's "
+                f"{e.count.context} tokens and leaves too little room for an answer. Please shorten it.",
+                status=400,
+                code="context_length_exceeded",
+            ) from None
+        body = self._body(messages, stream=True, **extra)
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        started = False
+        try:
+            async for delta in self._stream(body):
+                started = True
+                yield delta
+        except ServiceError as e:
+            self.counter.forget()  # the server may have changed (restarted, other model): count afresh next time
+            if started or "max_tokens" not in body or not context_exceeded(e.status, e.code, e.message):
+                raise
+            del body["max_tokens"]  # our numbers were wrong or missing: let the server pick the answer's length
+            async for delta in self._stream(body):
+                yield delta
+
+    async def _stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
+        """One streamed request with `_send`'s retries (429/503 honouring Retry-After, unreachable) before the first
+        chunk. The timeout is per read: a slow but steady answer (a long plan on a CPU) is never cut off."""
         timeout = httpx.Timeout(self.settings.ui_http_timeout_s, connect=5.0)
-        for attempt in range(self.settings.ui_http_retries + 1):
+        retries, cap = self.settings.ui_http_retries, self.settings.ui_retry_max_wait_s
+        for attempt in range(retries + 1):
+            last = attempt == retries
             try:
                 async with self.http.stream(
                     "POST", self.base_url + "/chat/completions", json=body, headers=self.headers, timeout=timeout
                 ) as r:
-                    if r.status_code in RETRY_STATUSES and attempt < self.settings.ui_http_retries:
-                        await asyncio.sleep(_retry_after(r, attempt, self.settings.ui_retry_max_wait_s))
+                    if r.status_code in RETRY_STATUSES and not last:
+                        await asyncio.sleep(_retry_after(r, attempt, cap))
                         continue
                     if r.status_code >= 400:
                         await r.aread()
@@ -162,22 +233,12 @@ class LLMClient(_Service):
                     return
             except httpx.TimeoutException as e:
                 raise ServiceError(f"The {self.label} did not answer in time; please try again.") from e
+            except httpx.ConnectError as e:
+                if last:
+                    raise ServiceError(f"The {self.label} is not reachable at {self.base_url}; is it running?") from e
+                await asyncio.sleep(min(2.0**attempt, cap))
             except httpx.TransportError as e:
                 raise ServiceError(f"The {self.label} is not reachable at {self.base_url}; is it running?") from e
-
-    async def complete_json(
-        self, messages: list[dict[str, str]], schema: dict[str, Any], name: str, *, max_tokens: int
-    ) -> str:
-        """One `json_schema` call; returns the raw content for the caller to validate."""
-        fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
-        body = self._body(
-            messages, max_tokens=max_tokens, temperature=self.settings.ui_plan_temperature, response_format=fmt
-        )
-        r = await self._send("POST", "/chat/completions", json=body, timeout=self.settings.ui_http_timeout_s)
-        try:
-            return str(r.json()["choices"][0]["message"]["content"] or "")
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise ServiceError(f"The {self.label} sent an answer the studio cannot read.") from e
 
 
 async def _sse_deltas(response: httpx.Response) -> AsyncIterator[str]:

@@ -141,6 +141,22 @@ def plan_schema(max_objects: int) -> dict[str, Any]:
     }
 
 
+def plan_min_tokens() -> int:
+    """The answer budget a plan call needs at least: a plan of one object with every string at its longest and
+    every number at its widest, counted in bytes (ASCII text never takes more tokens than bytes). With less room
+    the studio drops old chat history first, then asks the user to shorten the message."""
+    longest = {
+        "id": "x" * 24,
+        "name": "x" * NAME_MAX_CHARS,
+        "prompt": "x" * PROMPT_MAX_CHARS,
+        "count": MAX_COUNT,
+        **{k: -MAX_CM for k in ("x_cm", "y_cm", "z_cm")},
+        **{k: MAX_CM for k in ("width_cm", "depth_cm", "height_cm")},
+        "rotation_deg": 359,
+    }
+    return len(json.dumps({"scene_name": "x" * SCENE_NAME_MAX_CHARS, "objects": [longest]}))
+
+
 INTENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"intent": {"type": "string", "enum": [i.value for i in Intent]}},

@@ -1,28 +1,63 @@
-"""Fixtures for the studio tests: a workspace in a temp dir, small real PNGs and GLBs."""
+"""Fixtures for the studio tests: fake services with a studio context around them, the real stack on its
+defaults, a workspace in a temp dir, small real PNGs and GLBs."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trimesh
 from PIL import Image
 
+from config import Settings
+from studio.context import StudioContext
 from studio.workspace import Workspace
+from tests.studio.fakes import fake_llm, fake_trellis
 from tests.studio.live import Stack, stack
-
-# Small plans keep the tiny model's structured call short on 2 CPU cores.
-LIVE_APP_ENV = {"UI_MAX_OBJECTS": "2", "UI_PLAN_MAX_TOKENS": "1200", "UI_JOB_POLL_S": "0.2"}
+from tests.support import serve_in_thread
 
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Both real services (tiny profile) and the studio app, once per test session (slow tests only)."""
+    """Both real services and the studio app in the `tiny` profile on its untouched defaults, once per test
+    session (slow tests only)."""
     root = tmp_path_factory.mktemp("studio-live")
-    with stack(root, tmp_path_factory.getbasetemp() / "model-cache", **LIVE_APP_ENV) as s:
+    with stack(root, tmp_path_factory.getbasetemp() / "model-cache") as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def services() -> Iterator[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    """The fake LLM and 3D services (tests/studio/fakes.py) and the state dicts that steer them."""
+    llm_state: dict[str, Any] = {"plans": []}
+    trellis_state: dict[str, Any] = {}
+    with serve_in_thread(fake_llm(llm_state)) as llm, serve_in_thread(fake_trellis(trellis_state)) as trellis:
+        yield llm, trellis, llm_state, trellis_state
+
+
+@pytest.fixture
+def make_ctx(services: tuple[str, str, dict, dict], tmp_path: Path) -> Callable[..., StudioContext]:
+    """A studio context on the fake services, whose state starts afresh; keyword arguments override settings."""
+    llm, trellis, llm_state, trellis_state = services
+    llm_state.clear()
+    llm_state.update(plans=[], busy=0, log=[])
+    trellis_state.update(flag=[], job_polls=2, log=[], imagegen_off=False)
+
+    def make(**overrides: Any) -> StudioContext:
+        values: dict[str, Any] = {
+            "llm_base_url": llm + "/v1",
+            "trellis_base_url": trellis,
+            "data_dir": tmp_path / "data",
+            "ui_job_poll_s": 0.05,
+            "imagegen_size": 64,
+            **overrides,
+        }
+        return StudioContext.from_settings(Settings(_env_file=None, **values))
+
+    return make
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ services). Each keeps a log of what it was asked, and can be told to fail."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -56,13 +57,43 @@ def error(status: int, message: str, code: str | None = None, retry_after: int |
     )
 
 
+def fake_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """The fake LLM's token count: about four bytes a token, plus a few per message (as a template adds)."""
+    return sum(len(str(m.get("content") or "").encode()) // 4 + 4 for m in messages) + 8
+
+
 def fake_llm(state: dict[str, Any]) -> FastAPI:
-    """`state`: plans (list of JSON texts answered in turn), busy (count of 503s to send first), log."""
+    """`state`: plans (list of JSON texts answered in turn), busy (count of 503s to send first), log.
+
+    Budget options (all off by default: a server that neither counts tokens nor reports its context): `context`
+    (enforced like nim_llm: 400 `context_length_exceeded` when prompt + max_tokens is over it), `tokenize`
+    (serve `POST /tokenize`), `models_context` (report `max_model_len` in `/v1/models`); `tokenize_log` and
+    `models_log` record those calls. Streams: `chunk_chars` a chunk, `chunk_delay_s` between chunks, `stall_s`
+    before the first one.
+    """
     app = FastAPI()
 
     @app.get("/v1/health/ready")
     def ready() -> Any:
         return {"status": "ready", "message": "ready"}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Any:
+        body = await request.json()
+        state.setdefault("tokenize_log", []).append(body)
+        if not state.get("tokenize"):
+            return error(404, "Not Found")
+        count = fake_prompt_tokens(body["messages"])
+        return {"count": count, "max_model_len": state.get("context") or 0, "tokens": list(range(count))}
+
+    @app.get("/v1/models")
+    def models() -> Any:
+        state.setdefault("models_log", []).append(1)
+        card = {"id": "other-model", "object": "model", "created": 0, "owned_by": "fake"}
+        served = {"id": "meta/llama-3.1-8b-instruct", "object": "model", "created": 0, "owned_by": "fake"}
+        if state.get("models_context"):
+            card["max_model_len"], served["max_model_len"] = 1, state.get("context")
+        return {"object": "list", "data": [card, served]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
@@ -71,21 +102,30 @@ def fake_llm(state: dict[str, Any]) -> FastAPI:
         if state.get("busy", 0) > 0:
             state["busy"] -= 1
             return error(503, "model is loading", retry_after=0)
+        context, prompt = state.get("context"), fake_prompt_tokens(body["messages"])
+        if context and prompt + (body.get("max_tokens") or 1) > context:
+            return error(400, f"prompt plus max_tokens is over the context of {context}", "context_length_exceeded")
         if "response_format" in body:
             name = body["response_format"]["json_schema"]["name"]
             content = '{"intent": "chat"}' if name == "intent" else state["plans"].pop(0)
-            return {
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]
-            }
-
-        def sse() -> Any:
-            for word in ["Hello", " there", "!"]:
-                yield "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": word}}]}) + "\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(sse(), media_type="text/event-stream")
+        else:
+            content = "Hello there!"
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": content}
+            return {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+        return StreamingResponse(_sse(content, state), media_type="text/event-stream")
 
     return app
+
+
+async def _sse(content: str, state: dict[str, Any]) -> Any:
+    await asyncio.sleep(state.get("stall_s", 0))
+    size = state.get("chunk_chars", 5)
+    for i, part in enumerate(content[j : j + size] for j in range(0, len(content), size)):
+        if i:
+            await asyncio.sleep(state.get("chunk_delay_s", 0))
+        yield "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": part}}]}) + "\n\n"
+    yield "data: [DONE]\n\n"
 
 
 def _png(seed: int) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,36 +16,7 @@ from studio.chat import chat_turn, flatten_history
 from studio.clients import ContentFiltered, ServiceError
 from studio.context import StudioContext
 from studio.workspace import Scene
-from tests.studio.fakes import PLAN, fake_llm, fake_trellis
-from tests.support import serve_in_thread
-
-
-@pytest.fixture(scope="module")
-def services() -> Iterator[tuple[str, str, dict[str, Any], dict[str, Any]]]:
-    llm_state: dict[str, Any] = {"plans": []}
-    trellis_state: dict[str, Any] = {}
-    with serve_in_thread(fake_llm(llm_state)) as llm, serve_in_thread(fake_trellis(trellis_state)) as trellis:
-        yield llm, trellis, llm_state, trellis_state
-
-
-@pytest.fixture
-def make_ctx(services: tuple[str, str, dict, dict], tmp_path: Path) -> Any:
-    llm, trellis, llm_state, trellis_state = services
-    llm_state.update(plans=[], busy=0, log=[])
-    trellis_state.update(flag=[], job_polls=2, log=[], imagegen_off=False)
-
-    def make() -> StudioContext:
-        settings = Settings(
-            _env_file=None,
-            llm_base_url=llm + "/v1",
-            trellis_base_url=trellis,  # type: ignore[call-arg]
-            data_dir=tmp_path / "data",
-            ui_job_poll_s=0.05,
-            imagegen_size=64,
-        )
-        return StudioContext.from_settings(settings)
-
-    return make
+from tests.studio.fakes import PLAN
 
 
 def user(text: str) -> list[dict[str, str]]:

@@ -1,5 +1,6 @@
-"""The studio app through gradio_client, with the REAL services in the `tiny` profile (random tiny models: the
-text is gibberish, but plans are schema-valid, images are real PNGs and 3D jobs give real GLBs)."""
+"""The studio app through gradio_client, with the REAL services in the `tiny` profile on its untouched defaults
+(random tiny models: the text is gibberish, but plans are schema-valid, images are real PNGs and 3D jobs give real
+GLBs)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pytest
 import trimesh
 from gradio_client import Client
 
+from config import Settings
 from tests.studio.live import Stack
 
 pytestmark = pytest.mark.slow
+MAX_OBJECTS = Settings.model_fields["ui_max_objects"].default
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ def test_scene_request_to_plan_images_glbs_and_export(client: Client, live: Stac
     history, scene = client.predict(user("Create a cozy reading corner"), api_name="/chat")
     assert history[-1]["role"] == "assistant" and "plan" in last_text(history)
     objects = scene["objects"]
-    assert 1 <= len(objects) <= 2 and len({o["id"] for o in objects}) == len(objects)
+    assert 1 <= len(objects) <= MAX_OBJECTS and len({o["id"] for o in objects}) == len(objects)
     assert all(o["state"] == "waiting" for o in objects)
 
     job = client.submit(api_name="/generate_images")

@@ -1,0 +1,225 @@
+"""Answer budgets: every LLM call asks for min(wanted, context - prompt tokens), whatever the server tells about
+itself, drops old history before giving up, and streams so a slow but steady answer is never cut off (fast, fakes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from config import Settings
+from studio.budget import Count, api_root, estimate_prompt_tokens, models_context, without_oldest_turn
+from studio.chat import chat_turn
+from studio.clients import PromptTooLong, Services
+from studio.context import StudioContext
+from studio.planner import INTENT_SCHEMA, INTENT_SYSTEM, Intent, plan_messages, plan_min_tokens
+from tests.studio.fakes import PLAN, fake_prompt_tokens
+from tests.studio.test_flow import run_turn, user
+
+
+def calls(services: Any, name: str | None = None) -> list[dict[str, Any]]:
+    """Chat-completion bodies the fake LLM got; `name`: only json_schema calls of that name (None: only chat)."""
+    log = services[2]["log"]
+    if name is None:
+        return [b for b in log if "response_format" not in b]
+    return [b for b in log if b.get("response_format", {}).get("json_schema", {}).get("name") == name]
+
+
+def turns(ctx: StudioContext, texts: list[str]) -> list[str]:
+    """Several turns on one event loop (so on one LLM client); the last reply of each."""
+
+    async def run() -> list[str]:
+        out = []
+        for text in texts:
+            replies = [r async for r, _ in chat_turn(ctx, None, user(text))]
+            out.append(replies[-1])
+        return out
+
+    return asyncio.run(run())
+
+
+# --- pure parts -------------------------------------------------------------------------------------------------
+def test_without_oldest_turn_keeps_system_and_users_message() -> None:
+    sys_, u1, a1, u2, a2, last = (
+        {"role": r, "content": str(i)}
+        for i, r in enumerate(["system", "user", "assistant", "user", "assistant", "user"])
+    )
+    assert without_oldest_turn([sys_, u1, a1, u2, a2, last]) == [sys_, u2, a2, last]
+    assert without_oldest_turn([sys_, a1, a2, u2, last]) == [sys_, u2, last]  # never starts with a reply
+    assert without_oldest_turn([sys_, u2, a2, last]) == [sys_, last]
+    assert without_oldest_turn([sys_, last]) is None and without_oldest_turn([last]) is None
+
+
+def test_models_context_takes_the_served_entry_else_the_first() -> None:
+    body = {"data": [{"id": "a", "max_model_len": 1000}, {"id": "served", "max_model_len": 8192}]}
+    assert models_context(body, "served") == 8192
+    assert models_context(body, "unknown") == 1000
+    assert models_context({"data": [{"id": "served"}]}, "served") is None
+    assert models_context({"data": [{"id": "served", "max_model_len": 0}]}, "served") is None
+    assert models_context({"object": "list"}, "served") is None
+
+
+def test_api_root_drops_trailing_v1() -> None:
+    assert api_root("http://h:1/v1") == api_root("http://h:1/v1/") == "http://h:1"
+    assert api_root("http://h:1/llm") == "http://h:1/llm"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a cozy reading corner", "naïve café ☕ — 読書コーナー 📚🛋️", "\x00\x01 " * 50, '{"x_cm": -3000}' * 20],
+    ids=["ascii", "multibyte", "control", "json"],
+)
+def test_estimate_is_an_upper_bound_for_a_byte_level_tokenizer(text: str) -> None:
+    from nim_llm.tiny import build_tokenizer  # byte-level BPE with a Llama-3-style chat template
+
+    tokenizer = build_tokenizer()
+    messages = plan_messages(
+        [{"role": "user", "content": text}, {"role": "assistant", "content": text}], text, max_objects=20
+    )
+    real = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert len(real["input_ids"]) <= estimate_prompt_tokens(messages)
+
+
+# --- through the studio's chat turn -----------------------------------------------------------------------------
+def test_plan_asks_for_the_room_left_when_the_server_counts(make_ctx: Any, services: Any) -> None:
+    services[2].update(plans=[json.dumps(PLAN)], tokenize=True, context=1500)
+    ctx = make_ctx()
+    _, scene = asyncio.run(run_turn(ctx, None, "a cozy reading corner"))
+    assert scene is not None and scene.objects
+    (plan,) = calls(services, "scene_plan")
+    room = 1500 - fake_prompt_tokens(plan["messages"])
+    assert room < ctx.settings.ui_plan_max_tokens and plan["max_tokens"] == room
+    assert services[2]["tokenize_log"][-1]["messages"] == plan["messages"]
+    assert plan["stream"] is True  # streamed: a long plan is not cut off by the UI's timeout
+
+
+def test_plan_asks_for_the_setting_when_the_room_is_larger(make_ctx: Any, services: Any) -> None:
+    services[2].update(plans=[json.dumps(PLAN)], tokenize=True, context=100_000)
+    ctx = make_ctx()
+    asyncio.run(run_turn(ctx, None, "a cozy reading corner"))
+    assert calls(services, "scene_plan")[0]["max_tokens"] == ctx.settings.ui_plan_max_tokens
+
+
+def test_chat_and_intent_calls_are_fitted_too(make_ctx: Any, services: Any) -> None:
+    services[2].update(tokenize=True, context=400)
+    ctx = make_ctx()
+    turns(ctx, ["hello", "hmm"])  # a greeting (rules) and an unclear message (LLM intent call, then chat)
+    chats, intents = calls(services), calls(services, "intent")
+    assert len(chats) == 2 and len(intents) == 1
+    for body in chats:
+        assert body["max_tokens"] == min(ctx.settings.ui_chat_max_tokens, 400 - fake_prompt_tokens(body["messages"]))
+    assert intents[0]["max_tokens"] == 32
+
+
+def test_estimate_and_models_context_used_when_the_server_cannot_count(make_ctx: Any, services: Any) -> None:
+    services[2].update(plans=[json.dumps(PLAN)] * 2, models_context=True, context=3000)
+    ctx = make_ctx()
+    replies = turns(ctx, ["a cozy reading corner", "a pirate ship deck"])
+    assert all("Here is a plan" in r for r in replies)
+    for plan in calls(services, "scene_plan"):
+        assert plan["max_tokens"] == min(
+            ctx.settings.ui_plan_max_tokens, 3000 - estimate_prompt_tokens(plan["messages"])
+        )
+    # Which way works is remembered: /tokenize (absent) and /v1/models were asked once for both turns.
+    assert len(services[2]["tokenize_log"]) == 1 and len(services[2]["models_log"]) == 1
+
+
+def test_the_server_is_asked_again_after_a_failed_call(make_ctx: Any, services: Any) -> None:
+    services[2].update(plans=[json.dumps(PLAN)] * 2, models_context=True, context=100_000, busy=0)
+    ctx = make_ctx(ui_http_retries=0)
+
+    async def run() -> list[str]:
+        out = []
+        for busy in (0, 1, 0):
+            services[2]["busy"] = busy
+            out.append([r async for r, _ in chat_turn(ctx, None, user("a cozy reading corner"))][-1])
+        return out
+
+    replies = asyncio.run(run())
+    assert "Here is a plan" in replies[0] and "loading" in replies[1] and "Here is a plan" in replies[2]
+    assert len(services[2]["tokenize_log"]) == 2 and len(services[2]["models_log"]) == 2
+
+
+def test_unknown_context_retries_once_without_max_tokens(make_ctx: Any, services: Any) -> None:
+    services[2].update(plans=[json.dumps(PLAN)], context=1500)  # enforced, but not told: no /tokenize, no length
+    ctx = make_ctx()
+    replies, scene = asyncio.run(run_turn(ctx, None, "a cozy reading corner"))
+    assert scene is not None and "Here is a plan" in replies[-1]
+    first, retry = calls(services, "scene_plan")
+    assert first["max_tokens"] == ctx.settings.ui_plan_max_tokens and "max_tokens" not in retry
+
+
+def test_oldest_history_goes_first_when_the_room_is_short(make_ctx: Any, services: Any) -> None:
+    history = [
+        {"role": role, "content": f"{role} turn {i}: " + "a long story about chairs " * 15}
+        for i, role in enumerate(["user", "assistant"] * 3)
+    ]
+    request = "Create a cozy reading corner"
+    full = plan_messages(history, request, max_objects=20)
+    services[2].update(plans=[json.dumps(PLAN)], tokenize=True)
+    services[2]["context"] = fake_prompt_tokens(full) + plan_min_tokens() - 50  # one turn too many
+    ctx = make_ctx()
+
+    async def run() -> list[str]:
+        return [r async for r, _ in chat_turn(ctx, None, [*history, {"role": "user", "content": request}])]
+
+    replies = asyncio.run(run())
+    assert "Here is a plan" in replies[-1]
+    (plan,) = calls(services, "scene_plan")
+    assert plan["messages"] == [full[0], *history[2:], full[-1]]  # the oldest turn (user + reply) went
+    assert plan["max_tokens"] >= plan_min_tokens()
+
+
+def test_too_long_message_is_answered_kindly_and_nothing_changes(make_ctx: Any, services: Any) -> None:
+    services[2].update(plans=[json.dumps(PLAN)], tokenize=True, context=1000)
+    ctx = make_ctx()
+    replies, scene = asyncio.run(run_turn(ctx, None, "Create a scene with " + "one more chair, " * 300))
+    assert "too long" in replies[-1] and "shorten" in replies[-1] and "Nothing was changed" in replies[-1]
+    assert calls(services, "scene_plan") == [] and scene is None and ctx.workspace.list() == []
+
+
+def test_slow_but_steady_plan_is_not_cut_off_by_the_timeout(make_ctx: Any, services: Any) -> None:
+    services[2].update(plans=[json.dumps(PLAN)], chunk_chars=40, chunk_delay_s=0.1)  # ~1.5 s in all
+    ctx = make_ctx(ui_http_timeout_s=0.5)
+    replies, scene = asyncio.run(run_turn(ctx, None, "a cozy reading corner"))
+    assert scene is not None and len(scene.objects) == 2, replies[-1]
+
+
+def test_silent_plan_times_out_with_a_message(make_ctx: Any, services: Any) -> None:
+    services[2].update(plans=[json.dumps(PLAN)], stall_s=1.5)
+    ctx = make_ctx(ui_http_timeout_s=0.5, ui_http_retries=0)
+    replies, scene = asyncio.run(run_turn(ctx, None, "a cozy reading corner"))
+    assert "did not answer in time" in replies[-1] and "Nothing was changed" in replies[-1]
+    assert scene is None and ctx.workspace.list() == []
+
+
+# --- against the real LLM service (tiny profile, in-thread) -------------------------------------------------------
+def test_real_llm_service_counts_and_the_client_clamps(tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.llm.conftest import running_server  # loads torch: only here
+
+    cache = tmp_path_factory.getbasetemp() / "model-cache"
+    llm_settings = Settings(_env_file=None, profile="tiny", cache_dir=cache, api_key=None, hf_token=None)
+    messages = [{"role": "system", "content": INTENT_SYSTEM}, {"role": "user", "content": "a reading corner"}]
+
+    async def run(base_url: str) -> tuple[str, Count, str]:
+        services = Services(Settings(_env_file=None, llm_base_url=base_url, api_key=None))
+        try:
+            # Far over any context: sent as is, the server would refuse it (400 context_length_exceeded).
+            raw = await services.llm.complete_json(messages, INTENT_SCHEMA, "intent", max_tokens=1_000_000)
+            count = await services.llm.counter.count(messages)
+            huge = [messages[0], {"role": "user", "content": "chair " * 5000}]
+            with pytest.raises(PromptTooLong) as too_long:
+                await services.llm.complete_json(huge, INTENT_SCHEMA, "intent", max_tokens=32)
+            return raw, count, too_long.value.message
+        finally:
+            await services.aclose()
+
+    with running_server(llm_settings) as server:
+        raw, count, message = asyncio.run(run(server.url))
+        served = llm_settings.llm_served_name
+        chat = server.client().chat.completions.create(model=served, messages=messages, max_tokens=1)
+    assert json.loads(raw)["intent"] in {i.value for i in Intent}
+    assert count.exact and count.context == 4096 and count.prompt_tokens == chat.usage.prompt_tokens
+    assert "too long" in message and "4096" in message
