@@ -60,6 +60,7 @@ class SanaImageGenerator:
                 pipe.to(self.device)
             pipe.set_progress_bar_config(disable=True)
             self._pipe = pipe
+            self._warm_up()
             where = f"{self.device}, offloaded when idle" if self.offload else self.device
             self.health = BackendHealth(state="ready", detail=f"{self.model_id} on {where} ({dtype})")
         except Exception as e:  # leaves the service live but not ready, with the reason in health
@@ -67,6 +68,13 @@ class SanaImageGenerator:
             self.health = BackendHealth(
                 state="error", detail=f"could not load {self.model_id}: {type(e).__name__}: {e}"
             )
+
+    def _warm_up(self) -> None:
+        """One image at the default size before readiness: a fresh process's first image pays CUDA's lazy kernel
+        loading and library set-up (measured about 10 s for SANA at 1024² on an H200), not the user's first card."""
+        side = self.settings.imagegen_size or 0
+        if side:
+            self.generate("a wooden chair", n=1, width=side, height=side, seed=1, steps=self.settings.imagegen_steps)
 
     def generate_one_by_one(
         self, prompt: str, *, n: int, width: int, height: int, seed: int, steps: int

@@ -24,7 +24,6 @@ import functools
 import inspect
 import os
 import sys
-import tarfile
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,10 +31,10 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any
 
+from bench.random_trellis import Sources, unpack_sources
+
 ROOT = Path(__file__).resolve().parents[2]
-THIRD_PARTY = ROOT / "third_party"
 KAOLIN_STUB = ROOT / "docker" / "kaolin_stub"  # the image's own stand-in for kaolin (only check_tensor is used)
-ARCHIVES = {"trellis": "trellis-6b0d647.tar.gz", "utils3d": "utils3d-9a4eb15.tar.gz", "dinov2": "dinov2-b8931f7.tar.gz"}
 # Read by TRELLIS and DINOv2 at import time. XFORMERS_DISABLED: DINOv2 would otherwise try xformers whatever
 # TRELLIS is told; SPARSE_ATTN_BACKEND=flash_attn is served by nim_trellis.backends.torch_attention.
 IMPORT_ENV = {
@@ -45,14 +44,6 @@ IMPORT_ENV = {
     "SPCONV_ALGO": "native",
 }
 SIZE = "tiny"
-SAFE_EXTRACT = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python 3.11.4+
-
-
-@dataclass(frozen=True)
-class Sources:
-    trellis: Path  # holds trellis/ and configs/
-    utils3d: Path  # holds the utils3d package
-    dinov2: Path  # holds hubconf.py and dinov2/
 
 
 @dataclass(frozen=True)
@@ -60,20 +51,6 @@ class TinyTrellis:
     sources: Sources
     torch_home: Path  # $TORCH_HOME with the DINOv2 hub cache
     pipeline: Path  # for TrellisImageTo3DPipeline.from_pretrained
-
-
-def unpack_sources(dest: Path) -> Sources:
-    """Each vendored archive unpacked once under `dest` (its single top folder: TRELLIS/, utils3d/, dinov2/)."""
-    from nim_trellis.tiny_models import build_once
-
-    def unpack(archive: Path) -> Path:
-        with tarfile.open(archive) as tar:
-            (top,) = {m.name.split("/")[0] for m in tar.getmembers()}
-            folder = dest / archive.name.removesuffix(".tar.gz")
-            build_once(folder, lambda tmp: tar.extractall(tmp, **SAFE_EXTRACT))
-        return folder / top
-
-    return Sources(**{key: unpack(THIRD_PARTY / name) for key, name in ARCHIVES.items()})
 
 
 @contextlib.contextmanager
@@ -92,7 +69,7 @@ def cpu_trellis(cache: Path) -> Iterator[TinyTrellis]:
 
 def build_tiny(cache: Path, sources: Sources, torch_home: Path) -> Path:
     """The tiny pipeline folder and its DINOv2 (random ViT-S/14 with registers) in the hub cache."""
-    from bench.random_models import TRELLIS_IMAGE_COND, build_dinov2_hub, build_trellis_image
+    from bench.random_trellis import TRELLIS_IMAGE_COND, build_dinov2_hub, build_trellis_image
 
     build_dinov2_hub(torch_home, sources.dinov2, TRELLIS_IMAGE_COND[SIZE], "cpu")
     return build_trellis_image(Path(cache) / "models", "cpu", size=SIZE)

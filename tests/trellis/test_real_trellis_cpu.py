@@ -71,7 +71,7 @@ def test_pipeline_run_gives_mesh_and_gaussians_on_cpu(tiny_trellis: TinyTrellis,
 def test_full_size_models_construct_from_upstream_configs(tiny_trellis: TinyTrellis) -> None:
     import torch
 
-    from bench.random_models import (
+    from bench.random_trellis import (
         trellis_checkpoint_names,
         trellis_model,
         trellis_model_configs,
