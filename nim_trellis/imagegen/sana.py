@@ -16,6 +16,7 @@ from PIL import Image
 from config import BUILTIN_TINY_SANA, Settings
 from nim_trellis.imagegen.tiny import ensure_tiny_sana
 from nim_trellis.schemas import MAX_SEED, BackendHealth
+from vram import free_gpu_memory
 
 log = logging.getLogger("nim_trellis.imagegen")
 
@@ -71,10 +72,17 @@ class SanaImageGenerator:
 
     def _warm_up(self) -> None:
         """One image at the default size before readiness: a fresh process's first image pays CUDA's lazy kernel
-        loading and library set-up (measured about 10 s for SANA at 1024² on an H200), not the user's first card."""
+        loading and library set-up (measured about 10 s for SANA at 1024² on an H200), not the user's first card.
+        A warm-up that fails (out of GPU memory at this size) only costs that speed: requests have their own
+        leaner retry and error messages, so the model stays available."""
         side = self.settings.imagegen_size or 0
-        if side:
+        if not side:
+            return
+        try:
             self.generate("a wooden chair", n=1, width=side, height=side, seed=1, steps=self.settings.imagegen_steps)
+        except Exception as e:
+            log.warning("text-to-image warm-up failed (%s: %s); the first image will be slower", type(e).__name__, e)
+            free_gpu_memory()
 
     def generate_one_by_one(
         self, prompt: str, *, n: int, width: int, height: int, seed: int, steps: int
