@@ -9,6 +9,7 @@ when API_KEY is set.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -81,7 +82,8 @@ async def metrics(request: Request) -> Response:
 async def infer(body: InferRequest, request: Request) -> Response:
     result = await service_of(request).infer(body, request.is_disconnected)
     if not wants_file(request.headers.get("accept", "")):
-        return JSONResponse(result.response().model_dump())
+        body = await asyncio.to_thread(lambda: result.response().model_dump())  # base64 of a large file takes a while
+        return JSONResponse(body)
     if result.artifact is None:  # a client that asked for the file gets the refusal as an error
         raise ServiceError(400, f"The input was refused: {result.detail}", code="content_filtered", param="image")
     a = result.artifact
