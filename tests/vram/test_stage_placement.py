@@ -66,7 +66,7 @@ def test_per_stage_on_cuda_matches_resident_and_holds_one_stage() -> None:
     del resident
     torch.cuda.empty_cache()
     per_stage = StandInPipeline(width)
-    place_per_stage(per_stage)
+    place_per_stage(per_stage, "cuda")
     torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
         got = per_stage.run().cpu()
