@@ -7,7 +7,8 @@ the image runs it (PyTorch's own attention kernels, `defer()`ed optional modules
 paths; on exit everything it changed in the process is put back:
 
     with cpu_trellis(cache) as tiny:
-        pipe = TrellisImageTo3DPipeline.from_pretrained(str(tiny.pipeline))
+        with hub_cache_first():  # nim_trellis.backends.trellis: no GitHub probe for DINOv2
+            pipe = TrellisImageTo3DPipeline.from_pretrained(str(tiny.pipeline))
 
 Stand-ins, each only because the real thing cannot run on a CPU, or not beside this project's CPU torch:
 - `torchvision`, only while `trellis` is imported (`_torchvision_stand_in`);

@@ -16,7 +16,7 @@ import pytest
 import trimesh
 
 from config import Settings
-from nim_trellis.backends.trellis import prepare_rgba
+from nim_trellis.backends.trellis import hub_cache_first, prepare_rgba
 from tests.trellis.conftest import disc_image, encode, running
 from tests.trellis.real_trellis import TinyTrellis, cpu_trellis
 
@@ -50,7 +50,8 @@ def test_pipeline_run_gives_mesh_and_gaussians_on_cpu(tiny_trellis: TinyTrellis,
     from trellis.pipelines import TrellisImageTo3DPipeline
 
     started = time.monotonic()
-    pipe = TrellisImageTo3DPipeline.from_pretrained(str(tiny_trellis.pipeline))
+    with hub_cache_first():  # as the service loads it: DINOv2 from the hub cache, GitHub never asked
+        pipe = TrellisImageTo3DPipeline.from_pretrained(str(tiny_trellis.pipeline))
     loaded = time.monotonic()
     image = prepare_rgba(disc_image(256))
     assert (image.mode, image.size) == ("RGB", (518, 518))
@@ -98,10 +99,14 @@ def trellis_url(
     tiny_trellis: TinyTrellis, model_cache: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     import huggingface_hub.constants
+    import torch.hub
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        # torch.hub asks GitHub for DINOv2's default branch unless the adapter loads it from the cache; where a
+        # network drops packets that question hangs, so here it fails loudly instead.
+        mp.setattr(torch.hub, "urlopen", no_github)
         settings = Settings(
             _env_file=None,
             profile="tiny",
@@ -115,6 +120,10 @@ def trellis_url(
         )
         with running(settings) as url:
             yield url
+
+
+def no_github(*args: object, **kwargs: object) -> None:
+    raise AssertionError("torch.hub asked GitHub; the hub cache should have answered")
 
 
 def test_service_health_names_what_this_machine_cannot_make(trellis_url: str) -> None:
