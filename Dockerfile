@@ -121,13 +121,17 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/TRELLIS /opt/TRELLIS
 COPY docker/kaolin_stub /opt/kaolin-stub
 
-# The project itself: the three programs, their settings and the operations scripts.
+# The project itself: the three programs, what they share, their settings and the operations scripts, installed
+# editable (its dependencies are already in the venv), which is how the programs and scripts find their modules.
 WORKDIR /app
 COPY config.py app.py pyproject.toml supervisord.conf start.sh ./
 COPY scripts/ scripts/
+COPY servicekit/ servicekit/
 COPY nim_llm/ nim_llm/
 COPY nim_trellis/ nim_trellis/
 COPY studio/ studio/
+RUN pip install --no-deps --no-build-isolation -e . \
+    && python -c "import config, servicekit, nim_llm, nim_trellis, studio"
 
 USER 1000:1000
 # Optional: bake the model weights into the image (they land in the volumes' mount points, so fresh volumes

@@ -355,7 +355,7 @@ class Settings(BaseSettings):
         0.2, ge=0.0, le=2.0, **_desc("Sampling temperature of scene-plan calls (low: steadier plans).", "ui")
     )
 
-    # --- GPU memory (vram.py) ------------------------------------------------------------------------------
+    # --- GPU memory (servicekit/vram.py) ------------------------------------------------------------------------------
     vram_profile: Literal["auto", "16gb", "24gb", "32gb", "48gb", "unlimited"] = Field(
         "auto",
         **_desc(

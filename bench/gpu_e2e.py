@@ -29,22 +29,18 @@ import io
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.appliance import PROGRAMS, base_env, started
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SCENE_REQUEST = "Create a cozy reading corner with an armchair, a floor lamp and a small bookshelf"
-PROGRAMS = {"llm": "run_llama_local", "trellis": "run_trellis_local", "ui": "app.py"}
-READY_TIMEOUT_S = 900.0
 POLL_S = 0.1
 NVML_PERIOD_S = 0.25
 INFER_RUNS = 3
@@ -123,38 +119,13 @@ def u2net_stand_in(folder: Path) -> Path:
 
 
 # --- the appliance ----------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def appliance_env(work: Path, models: dict[str, Any] | None) -> dict[str, str]:
-    """start.sh's environment: the profile's defaults, with only the model locations (and ports, data) set."""
-    keep = ("PATH", "HOME", "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_HOME", "TORCH_EXTENSIONS_DIR", "NVCC_APPEND_FLAGS")
-    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith(("NCCL_", "NVIDIA_"))}
-    env.update(
-        CHAT3D_PYTHON=sys.executable,
-        DATA_DIR=str(work / "data"),
-        LOG_DIR=str(work / "logs"),
-        RUN_DIR=str(work / "run"),
-        CACHE_DIR=str(work / "cache"),
-        LLM_PORT=str(free_port()),
-        TRELLIS_PORT=str(free_port()),
-        GRADIO_SERVER_PORT=str(free_port()),
-        GRADIO_SERVER_NAME="127.0.0.1",
-        FETCH_MODELS="0",
-        HF_HUB_OFFLINE="1",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        GRADIO_ANALYTICS_ENABLED="False",
-        PYTHONUNBUFFERED="1",
-    )
+    """start.sh's environment: the gpu profile's defaults with only the model locations set (tiny for --smoke)."""
+    env = base_env(work, "tiny" if models is None else "gpu")
     if models is None:  # --smoke: the tiny profile's own builtin models, on the CPU
-        env["CHAT3D_PROFILE"] = "tiny"
         return env
     env["PYTHONPATH"] = os.pathsep.join([*models["pythonpath"], env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(
-        CHAT3D_PROFILE="gpu",
         LLM_MODEL=str(models["llm"]),
         IMAGEGEN_MODEL=str(models["imagegen"]),
         TRELLIS_IMAGE_MODEL=str(models["trellis"]),
@@ -164,50 +135,6 @@ def appliance_env(work: Path, models: dict[str, Any] | None) -> dict[str, str]:
         SAFETY_IMAGE_MODEL="builtin:tiny-image-classifier",
     )
     return env
-
-
-def urls(env: dict[str, str]) -> dict[str, str]:
-    return {
-        "llm": f"http://127.0.0.1:{env['LLM_PORT']}/v1/health/ready",
-        "trellis": f"http://127.0.0.1:{env['TRELLIS_PORT']}/v1/health/ready",
-        "ui": f"http://127.0.0.1:{env['GRADIO_SERVER_PORT']}/",
-    }
-
-
-@contextlib.contextmanager
-def appliance(env: dict[str, str], log: Path) -> Iterator[dict[str, float]]:
-    """start.sh in the foreground (supervisord), as the container runs it; yields seconds-to-ready per program."""
-    import httpx
-
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(["bash", "start.sh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        t0 = time.perf_counter()
-        ready: dict[str, float] = {}
-        try:
-            while len(ready) < len(PROGRAMS):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"start.sh exited {proc.returncode}; see {log}")
-                if time.perf_counter() - t0 > READY_TIMEOUT_S:
-                    raise TimeoutError(f"not ready after {READY_TIMEOUT_S:g}s: {sorted(set(PROGRAMS) - set(ready))}")
-                for name, url in urls(env).items():
-                    if name not in ready and _answers(httpx, url):
-                        ready[name] = round(time.perf_counter() - t0, 1)
-                time.sleep(0.5)
-            yield ready
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _answers(httpx: Any, url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=5.0).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 class GpuPeaks:
@@ -420,7 +347,7 @@ def run(args: argparse.Namespace) -> Report:
         base = f"http://127.0.0.1:{env['TRELLIS_PORT']}"
         with GpuPeaks() as peaks:
             try:
-                with appliance(env, work / "start.log") as ready:
+                with started(env, work / "start.log") as ready:
                     report["ready_s"] = ready
                     image = test_image()
                     report["infer_untextured"] = measure_infer(base, image, args.steps)

@@ -13,12 +13,8 @@ byte-level tokens to work with (a word-level stand-in vocabulary cannot spell `{
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 # Meta's llama3/tokenizer.py: the 256 special tokens after the BPE ranks. Its pre-split pattern is
 # TikTokenConverter's default.

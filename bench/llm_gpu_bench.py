@@ -27,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from nim_llm.engine import Engine
+from nim_llm.sampling import SamplingParams
+from nim_llm.sequence import ErrorEvent, FinishEvent, TokenEvent
 
-from nim_llm.engine import Engine  # noqa: E402
-from nim_llm.sampling import SamplingParams  # noqa: E402
-from nim_llm.sequence import ErrorEvent, FinishEvent, TokenEvent  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DATASHEET_GBS = 4800.0
 EOS_IDS = [128001, 128008, 128009]

@@ -26,15 +26,11 @@ TRELLIS-image and DINOv2 are built by `bench/random_trellis.py`.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from nim_trellis.tiny_models import build_once, byte_fallback_gemma_tokenizer  # noqa: E402
+from nim_trellis.tiny_models import build_once, byte_fallback_gemma_tokenizer
 
 LLAMA_DIR = "llama-3.1-8b"
 SANA_DIR = "sana-sprint-0.6b"

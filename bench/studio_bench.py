@@ -17,17 +17,13 @@ import itertools
 import json
 import os
 import statistics
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 from PIL import Image, ImageDraw
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 POLL_S = 0.01
 RELIEF_TARGET_S = 0.5

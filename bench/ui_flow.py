@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.appliance import app_url, base_env
+from bench.appliance import started as appliance_started
 
 REQUEST = "Create a cozy reading corner with an armchair, a floor lamp and a small bookshelf"
 
@@ -79,13 +79,11 @@ def _r(value: float | None) -> float | None:
 
 @contextlib.contextmanager
 def started(profile: str) -> Iterator[str]:
-    from tests.studio.live import stack
-
-    with (
-        tempfile.TemporaryDirectory(prefix="ui-flow-") as root,
-        stack(Path(root), Path(root) / "cache", profile) as s,  # the profile's defaults, as a user meets them
-    ):
-        yield s.app
+    """The whole appliance through start.sh, on the profile's defaults, as a user meets them."""
+    with tempfile.TemporaryDirectory(prefix="ui-flow-") as root:
+        env = base_env(Path(root), profile)
+        with appliance_started(env, Path(root) / "start.log"):
+            yield app_url(env)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@
     python bench/vram_fit.py --smoke --profiles 16gb # CPU, tiny models: proves this script's plumbing (CI)
 
 For each profile the card's memory (`CARD_GIB`, as torch reports such cards) is split between the two model
-services as `vram.py` budgets it; each runs in its own process capped with
+services as `servicekit/vram.py` budgets it; each runs in its own process capped with
 `torch.cuda.set_per_process_memory_fraction(budget / device total)`, both at once (so the VRAM lease is
 exercised), through the services' own loading code with `VRAM_PROFILE=<profile>`:
 
@@ -42,10 +42,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from servicekit.vram import PLANS, describe
 
-from vram import PLANS, describe  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 if TYPE_CHECKING:
     from config import Settings
@@ -134,7 +133,7 @@ def run_llm(settings: Any, plan_tokens: int) -> dict[str, Any]:
     from nim_llm.llama_step import unsupported_reason
     from nim_llm.sampling import SamplingParams
     from nim_llm.startup import build_engine, engine_kind, generate_once, warm_up
-    from vram import llm_plan
+    from servicekit.vram import llm_plan
 
     plan = llm_plan(settings)
     settings = plan.limit_llm(settings)
@@ -282,7 +281,7 @@ def fit_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
         common += ["--random-weights", str(args.random_weights)]
         if args.random_weights_layers is not None:
             common += ["--random-weights-layers", str(args.random_weights_layers)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = dict(os.environ)
     if args.smoke or args.random_weights:
         env["HF_HUB_OFFLINE"] = "1"  # nothing may reach for the hub, not even a library's version check
     with tempfile.TemporaryDirectory(prefix=f"vram-fit-{profile}-") as run_dir:

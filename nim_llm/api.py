@@ -2,7 +2,7 @@
 
 `/v1/health/live` answers as soon as the process serves HTTP; `/v1/health/ready` stays 503 with the reason
 until the model is loaded and a warm-up generation succeeded (or says why loading failed, e.g. no HF_TOKEN).
-The GPU memory plan (`vram.py`) caps batch size and context before loading and is reported by the ready body.
+The GPU memory plan (`servicekit/vram.py`) caps batch size and context before loading and is reported by the ready body.
 `POST /tokenize` sits at the root, not under /v1, where vLLM serves it, so clients written for vLLM find it.
 """
 
@@ -30,7 +30,7 @@ from nim_llm.protocol import ChatCompletionRequest, ModelCard, ModelList, Tokeni
 from nim_llm.serving import ChatService, ModelState
 from nim_llm.startup import start_model
 from nim_llm.tokenizing import TokenizeService
-from vram import llm_plan
+from servicekit.vram import llm_plan
 
 log = logging.getLogger("nim_llm.api")
 API_VERSION = "1.0.0"  # the NIM API revision whose endpoints this server implements

@@ -10,8 +10,9 @@ The public surface (`submit`, `cancel`, `running`, `waiting`, `start`, `stop`, `
 model, CPU and GPU) or `slots.SlotBatch` (static KV cache, compiled and CUDA-graphed decode; LLM_ENGINE).
 
 On the small-GPU memory profiles the engine shares the GPU with the 3D service through the VRAM lease
-(`vram_lease.py`): it takes the lease before admitting answers into an empty batch, releases it when the batch
-empties, and while the 3D service waits it admits nothing new, so the running answers end and the 3D stage runs.
+(`servicekit/vram_lease.py`): it takes the lease before admitting answers into an empty batch, releases it when the
+batch empties, and while the 3D service waits it admits nothing new, so the running answers end and the 3D stage
+runs.
 The engine never blocks on the lease; queued answers keep their timeouts and can be cancelled while they wait.
 """
 
@@ -32,8 +33,8 @@ from nim_llm.errors import APIError, internal, timed_out
 from nim_llm.sampling import SamplingParams
 from nim_llm.sequence import Event, Sequence
 from nim_llm.structured import GrammarCache
-from vram import free_gpu_memory, is_cuda_oom
-from vram_lease import POLL_S, VramLease
+from servicekit.vram import free_gpu_memory, is_cuda_oom
+from servicekit.vram_lease import POLL_S, VramLease
 
 log = logging.getLogger("nim_llm.engine")
 

@@ -1,8 +1,9 @@
 """Load the LLM through the real `from_pretrained` path: hub id, local folder, GGUF file or a builtin name.
 
 Errors are turned into one readable line (the readiness reason), e.g. a gated model without HF_TOKEN says how
-to set it. There is no silent fallback to another model. On CUDA the GPU memory plan (`vram.py`) may ask for 8-bit
-weights (weight-only int8, `nim_llm/int8.py`) or 4-bit ones (bitsandbytes NF4 through `quantization_config`).
+to set it. There is no silent fallback to another model. On CUDA the GPU memory plan (`servicekit/vram.py`) may ask
+for 8-bit weights (weight-only int8, `nim_llm/int8.py`) or 4-bit ones (bitsandbytes NF4 through
+`quantization_config`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import config
 from config import Settings
 from nim_llm.int8 import quantize_int8_
-from vram import llm_plan
+from servicekit.vram import llm_plan
 
 log = logging.getLogger("nim_llm.loading")
 

@@ -1,4 +1,4 @@
-"""Entry point of the LLM service: `python nim_llm/run_llama_local.py` (or `python -m nim_llm.run_llama_local`).
+"""Entry point of the LLM service: `python -m nim_llm.run_llama_local` (the package is installed: `pip install -e .`).
 
 Reads the settings (environment and .env), builds the app and serves it on LLM_HOST:LLM_PORT with uvicorn.
 The model loads in the background; watch `/v1/health/ready`.
@@ -7,13 +7,6 @@ The model loads in the background; watch `/v1/health/ready`.
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
-
-# Run as a script, Python puts nim_llm/ (not the repository root) on sys.path; the packages live at the root.
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:

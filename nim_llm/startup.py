@@ -15,8 +15,8 @@ from nim_llm.engine import Engine
 from nim_llm.sampling import SamplingParams
 from nim_llm.sequence import ErrorEvent, Event, FinishEvent
 from nim_llm.serving import ModelState
-from vram import llm_plan
-from vram_lease import lease_for
+from servicekit.vram import llm_plan
+from servicekit.vram_lease import lease_for
 
 log = logging.getLogger("nim_llm.startup")
 WARMUP_MESSAGES = [{"role": "user", "content": "Hello!"}]

@@ -36,7 +36,7 @@ from nim_trellis.backends.optional_deps import MissingDependency
 from nim_trellis.errors import ServiceError
 from nim_trellis.metrics import ServiceMetrics
 from nim_trellis.schemas import JobState, JobStatus
-from vram import free_gpu_memory, is_cuda_oom
+from servicekit.vram import free_gpu_memory, is_cuda_oom
 
 log = logging.getLogger("nim_trellis.jobs")
 

@@ -1,13 +1,9 @@
-"""Entry point of the 3D service: `python nim_trellis/run_trellis_local.py` (binds TRELLIS_HOST:TRELLIS_PORT)."""
+"""Entry point of the 3D service: `python -m nim_trellis.run_trellis_local` (binds TRELLIS_HOST:TRELLIS_PORT)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from config import get_settings
 

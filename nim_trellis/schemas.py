@@ -218,7 +218,7 @@ class HealthResponse(BaseModel):
     backends: dict[str, BackendHealth]
     queue_depth: int
     profile: str
-    vram_profile: str = "unlimited"  # the GPU memory plan (vram.py) and why it was chosen
+    vram_profile: str = "unlimited"  # the GPU memory plan (servicekit/vram.py) and why it was chosen
     vram_reason: str = ""
     vram_applies: bool = False  # False when the models run on CPU
     vram_lowered: list[str] = Field(default_factory=list)  # quality/speed knobs the plan turns down

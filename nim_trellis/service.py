@@ -1,8 +1,9 @@
 """Service logic behind the routers: model loading and health, 3D jobs, text-to-image and moderation.
 
 Routers call these methods and nothing else. All GPU work goes through `JobQueue` (one worker); the async methods
-only wait on job futures, so the event loop never blocks. The GPU memory plan (`vram.py`) sets the texture size,
-SANA's placement and TRELLIS's low-VRAM mode, and whether GPU stages take the VRAM lease (`vram_lease.py`).
+only wait on job futures, so the event loop never blocks. The GPU memory plan (`servicekit/vram.py`) sets the
+texture size, SANA's placement and TRELLIS's low-VRAM mode, and whether GPU stages take the VRAM lease
+(`servicekit/vram_lease.py`).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ from nim_trellis.schemas import (
     parse_size,
     resolve_seed,
 )
-from vram import VramPlan, plan_3d
-from vram_lease import lease_for
+from servicekit.vram import VramPlan, plan_3d
+from servicekit.vram_lease import lease_for
 
 log = logging.getLogger("nim_trellis.service")
 

@@ -22,8 +22,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from config import Settings, get_settings
 
 DINOV2_REPO = "facebookresearch/dinov2"

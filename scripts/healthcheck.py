@@ -16,9 +16,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config import Settings, _client_host, get_settings
 

@@ -10,10 +10,7 @@ Invalid settings exit 2 with config.py's readable message.
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config import get_settings
 

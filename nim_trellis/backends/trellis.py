@@ -13,8 +13,8 @@ a cancelled or timed-out job stops at the next step. Untextured output is the ex
 texture with autograd, so a textured run samples under `torch.no_grad()` instead (tensors made in inference mode
 cannot be saved for backward).
 
-Low-VRAM mode (the 16gb and 24gb GPU memory profiles, `vram.py`) keeps the models in CPU memory and moves each
-to the GPU when it runs, pushing the previous one out (`place_per_stage`), so one stage's weights occupy the GPU.
+Low-VRAM mode (the 16gb and 24gb GPU memory profiles, `servicekit/vram.py`) keeps the models in CPU memory and moves
+each to the GPU when it runs, pushing the previous one out (`place_per_stage`), so one stage's weights occupy the GPU.
 
 Images that already carry real alpha are cropped and premultiplied here exactly as upstream's `preprocess_image`
 does, and passed with `preprocess_image=False`, so rembg (and its u2net download) is never touched for them.

@@ -16,7 +16,7 @@ from PIL import Image
 from config import BUILTIN_TINY_SANA, Settings
 from nim_trellis.imagegen.tiny import ensure_tiny_sana
 from nim_trellis.schemas import MAX_SEED, BackendHealth
-from vram import free_gpu_memory
+from servicekit.vram import free_gpu_memory
 
 log = logging.getLogger("nim_trellis.imagegen")
 

@@ -11,8 +11,8 @@ from nim_llm.int8 import Int8Linear, is_int8, quantize_int8_, quantize_weight
 from nim_llm.loading import load_model
 from nim_llm.slots import SlotBatch
 from nim_llm.startup import build_engine
+from servicekit.vram import PLANS
 from tests.llm.test_static_engine import _generate_each
-from vram import PLANS
 
 
 def test_quantized_weight_is_within_half_a_step_of_the_original() -> None:

@@ -46,8 +46,19 @@ def install_env(ops_cache: Path) -> dict[str, str]:
         WAIT_TIMEOUT="240",
     )
     if sys.prefix != sys.base_prefix:  # running inside a venv: its packages are not the "system" ones
-        env["PYTHONPATH"] = sysconfig.get_paths()["purelib"]
+        env["PYTHONPATH"] = str(shared_packages(ops_cache / "shared-site-packages"))
     return env
+
+
+def shared_packages(dest: Path) -> Path:
+    """This venv's packages, for the copy's venv to find instead of downloading them, minus this checkout's own
+    editable install: its finder module, first on PYTHONPATH, would make the copy run this checkout's code."""
+    if not dest.exists():
+        dest.mkdir(parents=True)
+        for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+            if not entry.name.startswith(("__editable__", "chat_to_3d")):
+                (dest / entry.name).symlink_to(entry)
+    return dest
 
 
 def run_install(repo: Path, env: dict[str, str], *args: str, timeout: float = 400) -> subprocess.CompletedProcess:

@@ -293,15 +293,15 @@ def test_supervisord_conf_defines_the_three_programs_as_designed(tmp_path: Path)
     programs = parsed["programs"]
     assert set(programs) == {*PROGRAMS, "log-stream"}
     assert [programs[p]["priority"] for p in PROGRAMS] == [1, 2, 3]
-    entries = {
-        "llm-service": "nim_llm/run_llama_local.py",
-        "trellis-service": "nim_trellis/run_trellis_local.py",
-        "gradio-app": "app.py",
+    entries = {  # the installed package's modules (pip install -e .), and the UI's script
+        "llm-service": (["-m", "nim_llm.run_llama_local"], "nim_llm/run_llama_local.py"),
+        "trellis-service": (["-m", "nim_trellis.run_trellis_local"], "nim_trellis/run_trellis_local.py"),
+        "gradio-app": (["app.py"], "app.py"),
     }
-    for name, entry in entries.items():
+    for name, (args, source) in entries.items():
         p = programs[name]
-        assert shlex.split(p["command"]) == ["/venv/bin/python", entry], "run the venv's python directly"
-        assert (ROOT / entry).is_file(), entry
+        assert shlex.split(p["command"]) == ["/venv/bin/python", *args], "run the venv's python directly"
+        assert (ROOT / source).is_file(), source
         assert p["directory"] == str(ROOT)
         assert p["autorestart"] != "False" and p["startsecs"] >= 1 and p["startretries"] >= 1
         assert p["stopasgroup"] and p["killasgroup"]

@@ -86,9 +86,9 @@ def stack(root: Path, cache_dir: Path, profile: str = "tiny", **app_env: str) ->
     llm_port, trellis_port, app_port = free_port(), free_port(), free_port()
     llm, trellis = f"http://127.0.0.1:{llm_port}", f"http://127.0.0.1:{trellis_port}"
     with (
-        process(["nim_llm/run_llama_local.py"], {**env, "LLM_PORT": str(llm_port)}, log_dir / "llm.log") as lp,
+        process(["-m", "nim_llm.run_llama_local"], {**env, "LLM_PORT": str(llm_port)}, log_dir / "llm.log") as lp,
         process(
-            ["nim_trellis/run_trellis_local.py"], {**env, "TRELLIS_PORT": str(trellis_port)}, log_dir / "trellis.log"
+            ["-m", "nim_trellis.run_trellis_local"], {**env, "TRELLIS_PORT": str(trellis_port)}, log_dir / "trellis.log"
         ) as tp,
     ):
         wait_ready(f"{llm}/v1/health/ready", lp, log_dir / "llm.log")

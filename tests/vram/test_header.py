@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from servicekit.vram import PLANS, resolve_plan
 from studio.clients import Health
 from studio.context import HealthSnapshot
 from studio.status import header_html
-from vram import PLANS, resolve_plan
 
 
 def test_header_shows_profile_and_lowered_knobs() -> None:

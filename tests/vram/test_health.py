@@ -15,10 +15,10 @@ from config import Settings
 from nim_llm.api import create_app as create_llm_app
 from nim_trellis.api import create_app
 from nim_trellis.service import TrellisService
+from servicekit.vram import PLANS, VramPlan, resolve_plan
+from servicekit.vram_lease import LEASE_FILE, VramLease
 from tests.support import serve_in_thread, wait_http
 from tests.trellis.conftest import disc_image, encode, running, wait_job
-from vram import PLANS, VramPlan, resolve_plan
-from vram_lease import LEASE_FILE, VramLease
 
 
 @contextlib.contextmanager

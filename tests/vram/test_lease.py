@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vram_lease import LeaseTimeout, VramLease
+from servicekit.vram_lease import LeaseTimeout, VramLease
 
 HOLD_S = 0.4
 

@@ -21,8 +21,8 @@ from nim_llm.engine import Engine
 from nim_llm.loading import load_model
 from nim_llm.sampling import SamplingParams
 from nim_llm.sequence import ErrorEvent, Event, FinishEvent, TokenEvent
+from servicekit.vram_lease import LEASE_FILE, VramLease
 from tests.vram.conftest import cuda_oom
-from vram_lease import LEASE_FILE, VramLease
 
 HOLD_S = 0.3
 

@@ -16,10 +16,10 @@ from nim_trellis.backends.relief import ReliefBackend
 from nim_trellis.imagegen.sana import SanaImageGenerator
 from nim_trellis.jobs import JobQueue
 from nim_trellis.service import TrellisService
+from servicekit.vram import PLANS
 from tests.support import serve_in_thread, wait_http
 from tests.trellis.conftest import disc_image, encode, wait_job
 from tests.vram.conftest import cuda_oom
-from vram import PLANS
 
 
 class TextureOomBackend(ReliefBackend):

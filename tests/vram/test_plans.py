@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from config import Settings
+from servicekit.vram import PLANS, VramPlan, choose_profile, is_cuda_oom, resolve_plan
 from tests.vram.conftest import cuda_oom
-from vram import PLANS, VramPlan, choose_profile, is_cuda_oom, resolve_plan
 
 
 @pytest.mark.parametrize(

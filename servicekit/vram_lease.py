@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from config import Settings
-    from vram import VramPlan
+    from servicekit.vram import VramPlan
 
 LEASE_FILE = "vram.lease"
 WANT_SUFFIX = ".want."

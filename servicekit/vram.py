@@ -18,7 +18,7 @@ JSON in `bench/results/`; README "GPU memory profiles"); TRELLIS figures are est
   reserved (+0.8 context), 4 images at 1024² in 10 s; resident peak 10.4 reserved, 4 images in 4.3 s.
 - TRELLIS-image-large ≈ 3 of weights + DINOv2 ≈ 1; peaks in the decoders and the texture bake (which scales with
   texture area) are not measured yet.
-- SANA and TRELLIS share one worker, so they never run together; the VRAM lease (`vram_lease.py`) makes a 3D
+- SANA and TRELLIS share one worker, so they never run together; the VRAM lease (`servicekit/vram_lease.py`) makes a 3D
   job and an LLM answer take turns where the card cannot hold both peaks.
 
 | profile   | cards (GiB seen)      | LLM weights | LLM batch × context | SANA     | TRELLIS       | texture | lease |
