@@ -130,7 +130,12 @@ class Settings(BaseSettings):
     llm_host: str = Field("127.0.0.1", **_desc("Address the LLM service binds to.", "llm"))
     llm_port: int = Field(19002, ge=1, le=65535, **_desc("Port of the LLM service.", "llm"))
     llm_base_url: str | None = Field(
-        None, **_desc("URL clients use for the LLM service (default http://LLM_HOST:LLM_PORT/v1).", "llm")
+        None,
+        **_desc(
+            "Where the studio finds the LLM service, or any OpenAI-compatible server: `http://host:port`, with or "
+            "without `/v1` (default http://LLM_HOST:LLM_PORT).",
+            "llm",
+        ),
     )
     llm_model: str | None = Field(
         None, **_desc("Hub id, local folder, GGUF file or builtin name of the LLM (default by profile).", "llm")
@@ -209,7 +214,12 @@ class Settings(BaseSettings):
     trellis_host: str = Field("127.0.0.1", **_desc("Address the 3D service binds to.", "3d"))
     trellis_port: int = Field(8000, ge=1, le=65535, **_desc("Port of the 3D service.", "3d"))
     trellis_base_url: str | None = Field(
-        None, **_desc("URL clients use for the 3D service (default http://TRELLIS_HOST:TRELLIS_PORT).", "3d")
+        None,
+        **_desc(
+            "Where the studio finds the 3D service: `http://host:port`, with or without `/v1` "
+            "(default http://TRELLIS_HOST:TRELLIS_PORT).",
+            "3d",
+        ),
     )
     backend_3d: Literal["trellis", "relief"] | None = Field(
         None, **_desc("Image-to-3D backend: `trellis` (GPU) or `relief` (CPU, no model).", "3d")
@@ -418,7 +428,7 @@ class Settings(BaseSettings):
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.llm_base_url is None:
-            self.llm_base_url = f"http://{_client_host(self.llm_host)}:{self.llm_port}/v1"
+            self.llm_base_url = f"http://{_client_host(self.llm_host)}:{self.llm_port}"
         if self.trellis_base_url is None:
             self.trellis_base_url = f"http://{_client_host(self.trellis_host)}:{self.trellis_port}"
         for name in ("hf_token", "api_key", "ui_auth_password"):
@@ -433,16 +443,25 @@ class Settings(BaseSettings):
 
     # Narrowed views, so callers need no None checks after validation.
     @property
-    def llm_url(self) -> str:
-        return str(self.llm_base_url).rstrip("/")
+    def llm_root(self) -> str:
+        """The LLM service's address without `/v1`; clients add `/v1/...` (see `service_root`)."""
+        return service_root(str(self.llm_base_url))
 
     @property
-    def trellis_url(self) -> str:
-        return str(self.trellis_base_url).rstrip("/")
+    def trellis_root(self) -> str:
+        """The 3D service's address without `/v1`; clients add `/v1/...` (see `service_root`)."""
+        return service_root(str(self.trellis_base_url))
 
     @property
     def token(self) -> str | None:
         return self.hf_token.get_secret_value() if self.hf_token else None
+
+
+def service_root(url: str) -> str:
+    """A service address as users write it, `http://host:port` or `http://host:port/v1` (OpenAI clients' habit),
+    with or without a trailing slash, reduced to the root. The one convention for every service URL: clients
+    always add the full path (`/v1/chat/completions`, `/v1/infer`, `/tokenize`) to the root."""
+    return url.strip().rstrip("/").removesuffix("/v1").rstrip("/")
 
 
 def _client_host(bind_host: str) -> str:

@@ -24,8 +24,8 @@ def endpoints(s: Settings) -> dict[str, str]:
     """Readiness URL of each program, as seen from this machine (or container)."""
     ui_host = _client_host(s.gradio_server_name)
     return {
-        "llm-service": f"{s.llm_url}/health/ready",
-        "trellis-service": f"{s.trellis_url}/v1/health/ready",
+        "llm-service": f"{s.llm_root}/v1/health/ready",
+        "trellis-service": f"{s.trellis_root}/v1/health/ready",
         # The page itself: 200 also with UI_AUTH_USER set (Gradio then serves its login page).
         "gradio-app": f"http://{ui_host}:{s.gradio_server_port}/",
     }

@@ -314,8 +314,8 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.ui_http_timeout_s, connect=5.0))
-        self.llm = LLMClient(settings.llm_url, settings, self.http)
-        self.trellis = TrellisClient(settings.trellis_url, settings, self.http)
+        self.llm = LLMClient(settings.llm_root + "/v1", settings, self.http)
+        self.trellis = TrellisClient(settings.trellis_root, settings, self.http)
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -52,13 +52,21 @@ def test_base_urls_follow_ports_and_wildcard_binds(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("LLM_PORT", "19555")
     monkeypatch.setenv("TRELLIS_PORT", "8111")
     s = make()
-    assert s.llm_url == "http://127.0.0.1:19555/v1"
-    assert s.trellis_url == "http://127.0.0.1:8111"
+    assert s.llm_root == "http://127.0.0.1:19555"
+    assert s.trellis_root == "http://127.0.0.1:8111"
 
 
 def test_explicit_base_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_BASE_URL", "http://llm.internal:9000/v1/")
-    assert make().llm_url == "http://llm.internal:9000/v1"
+    assert make().llm_root == "http://llm.internal:9000"
+
+
+@pytest.mark.parametrize("given", ["http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/", " http://h:1/v1 "])
+def test_service_urls_are_accepted_with_or_without_v1(given: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_BASE_URL", given)
+    monkeypatch.setenv("TRELLIS_BASE_URL", given)
+    s = make()
+    assert s.llm_root == s.trellis_root == "http://h:1"
 
 
 @pytest.mark.parametrize("value", ["changeme", "hf_xxx", "your-token-here"])
