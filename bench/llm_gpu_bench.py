@@ -237,7 +237,7 @@ def through_http(engine: Engine, args: argparse.Namespace) -> dict:
     import uvicorn
 
     from config import Settings
-    from nim_llm.api import create_app
+    from nim_llm.app import create_app
 
     settings = Settings(_env_file=None, profile="gpu", api_key=None, hf_token=None, llm_warmup_tokens=4)
     server = uvicorn.Server(uvicorn.Config(create_app(settings, engine), port=args.port, log_level="warning"))

@@ -136,10 +136,9 @@ def run_llm(settings: Any, plan_tokens: int) -> dict[str, Any]:
     from servicekit.vram import llm_plan
 
     plan = llm_plan(settings)
-    settings = plan.limit_llm(settings)
     steps: dict[str, Any] = {}
     report: dict[str, Any] = {"plan_applies": plan.applies, "steps": steps}
-    engine = timed(steps, "load", lambda: build_engine(settings))
+    engine = timed(steps, "load", lambda: build_engine(settings, plan))
     if engine is None:
         return report
     # build_engine chose the same way (the choice depends only on the settings and the loaded model).
@@ -176,7 +175,7 @@ def decode_speed(finish: Any) -> dict[str, Any]:
 def run_3d(settings: Any) -> dict[str, Any]:
     import asyncio
 
-    from nim_trellis.schemas import ImageGenerationRequest
+    from nim_trellis.protocol import ImageGenerationRequest
     from nim_trellis.service import TrellisService
 
     steps: dict[str, Any] = {}
@@ -186,7 +185,7 @@ def run_3d(settings: Any) -> dict[str, Any]:
     timed(steps, "load", service.load_models)
     report["health"] = service.health().model_dump()
     request = ImageGenerationRequest(prompt=IMAGE_PROMPT, n=4, seed=1)
-    images = timed(steps, "images_4", lambda: asyncio.run(service.generate_images(request)))
+    images = timed(steps, "images_4", lambda: asyncio.run(service.images.generate_images(request)))
     if settings.backend_3d != "trellis":
         report["trellis"] = TRELLIS_NOT_RUN
         steps["image_to_3d"] = {"ok": None, "s": None, "note": TRELLIS_NOT_RUN}
@@ -202,7 +201,7 @@ def run_3d(settings: Any) -> dict[str, Any]:
 def _one_3d(service: Any, image_b64: str) -> None:
     import asyncio
 
-    from nim_trellis.schemas import InferRequest
+    from nim_trellis.protocol import InferRequest
 
     result = asyncio.run(service.infer(InferRequest(image=image_b64)))  # a failure raises with its reason
     if result.finish_reason != "SUCCESS":

@@ -21,7 +21,7 @@ from typing import Any
 import config
 from config import Settings
 from nim_llm.int8 import quantize_int8_
-from servicekit.vram import llm_plan
+from servicekit.vram import VramPlan
 
 log = logging.getLogger("nim_llm.loading")
 
@@ -43,14 +43,15 @@ class LoadedModel:
     max_context: int
 
 
-def load_model(settings: Settings) -> LoadedModel:
+def load_model(settings: Settings, plan: VramPlan) -> LoadedModel:
+    """The model and tokenizer in the weights `plan` asks for, and the context it can serve under the plan."""
     model_id = str(settings.llm_model)
     set_cpu_threads(settings)
     folder, gguf_file = resolve_source(settings)
-    model, tokenizer = _from_pretrained(settings, folder, gguf_file)
-    model_context = int(getattr(model.config, "max_position_embeddings", 0) or settings.llm_max_context or 0)
-    max_context = min(settings.llm_max_context or model_context, model_context)
-    return LoadedModel(model, tokenizer, model_id, max_context)
+    model, tokenizer = _from_pretrained(settings, plan, folder, gguf_file)
+    limit = plan.llm_size(settings).max_context
+    model_context = int(getattr(model.config, "max_position_embeddings", 0) or limit or 0)
+    return LoadedModel(model, tokenizer, model_id, min(limit or model_context, model_context))
 
 
 def set_cpu_threads(settings: Settings) -> None:
@@ -129,7 +130,7 @@ def smollm2_converted(settings: Settings) -> Path:
     return target
 
 
-def _from_pretrained(settings: Settings, source: str, gguf_file: str | None) -> tuple[Any, Any]:
+def _from_pretrained(settings: Settings, plan: VramPlan, source: str, gguf_file: str | None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -139,8 +140,8 @@ def _from_pretrained(settings: Settings, source: str, gguf_file: str | None) -> 
         common["gguf_file"] = gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        extra = {"quantization_config": GgufConfig(dequantize=True)} if gguf_file else _quantization(settings)
-        int8 = llm_plan(settings).int8_llm and not gguf_file
+        extra = {"quantization_config": GgufConfig(dequantize=True)} if gguf_file else _quantization(plan)
+        int8 = plan.int8_llm and not gguf_file
         # int8 weights are quantised from CPU memory layer by layer: the bf16 model never sits on the GPU.
         device_map = "cpu" if int8 else settings.llm_device
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device_map, **common, **extra)
@@ -155,9 +156,8 @@ def _from_pretrained(settings: Settings, source: str, gguf_file: str | None) -> 
     return model, tokenizer
 
 
-def _quantization(settings: Settings) -> dict[str, Any]:
+def _quantization(plan: VramPlan) -> dict[str, Any]:
     """`quantization_config` for the GPU memory plan's LLM weights (nothing for bf16 or when the plan is off)."""
-    plan = llm_plan(settings)
     quantization = plan.quantization_config()
     if quantization is None:
         return {}

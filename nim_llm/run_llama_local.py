@@ -13,7 +13,7 @@ def main() -> None:
     import uvicorn
 
     from config import get_settings
-    from nim_llm.api import create_app
+    from nim_llm.app import create_app
 
     settings = get_settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -14,19 +14,19 @@ from config import Settings
 from nim_llm.engine import Engine
 from nim_llm.sampling import SamplingParams
 from nim_llm.sequence import ErrorEvent, Event, FinishEvent
-from nim_llm.serving import ModelState
-from servicekit.vram import llm_plan
+from nim_llm.service import LoadState
+from servicekit.vram import VramPlan
 from servicekit.vram_lease import lease_for
 
 log = logging.getLogger("nim_llm.startup")
 WARMUP_MESSAGES = [{"role": "user", "content": "Hello!"}]
 
 
-def start_model(settings: Settings, state: ModelState, engine: Engine | None = None) -> None:
+def start_model(settings: Settings, plan: VramPlan, state: LoadState, engine: Engine | None = None) -> None:
     try:
         if engine is None:
             state.reason = f"Loading {settings.llm_model} and preparing its decode shapes ..."
-            engine = build_engine(settings)
+            engine = build_engine(settings, plan)
         state.model_id = engine.model_id or state.model_id
         engine.start()
         state.engine = engine
@@ -40,16 +40,17 @@ def start_model(settings: Settings, state: ModelState, engine: Engine | None = N
     log.info("ready: %s (context %d)", state.model_id, engine.max_context)
 
 
-def build_engine(settings: Settings) -> Engine:
+def build_engine(settings: Settings, plan: VramPlan) -> Engine:
+    """The model loaded as `plan` says, in the engine LLM_ENGINE picks, sized by the settings within the plan."""
     from nim_llm.loading import load_model
 
-    loaded = load_model(settings)
-    plan = llm_plan(settings)
-    slots = int(settings.llm_max_batch_size or 1)
+    loaded = load_model(settings, plan)
+    size = plan.llm_size(settings)
+    slots = size.max_batch_size
     batch, max_context = None, loaded.max_context
     if engine_kind(settings, loaded.model) == "static":
-        batch = static_batch(settings, loaded.model, slots)
-        max_context = min(max_context, settings.llm_slot_tokens)
+        batch = static_batch(loaded.model, slots, size.slot_tokens, compile=settings.llm_compile)
+        max_context = min(max_context, size.slot_tokens)
     return Engine(
         loaded.model,
         loaded.tokenizer,
@@ -81,15 +82,13 @@ def engine_kind(settings: Settings, model: Any) -> str:
     return "static" if settings.llm_engine != "eager" else "eager"
 
 
-def static_batch(settings: Settings, model: Any, slots: int) -> Any:
+def static_batch(model: Any, slots: int, slot_tokens: int, *, compile: bool) -> Any:
     """The slot batch, compiled and captured for every decode shape before the engine starts."""
     from nim_llm.slots import SlotBatch
 
     cuda = model.device.type == "cuda"
-    slot_tokens = min(settings.llm_slot_tokens, int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30))
-    batch = SlotBatch(
-        model, slots=slots, slot_tokens=slot_tokens, compile=cuda and settings.llm_compile, cuda_graphs=cuda
-    )
+    slot_tokens = min(slot_tokens, int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30))
+    batch = SlotBatch(model, slots=slots, slot_tokens=slot_tokens, compile=cuda and compile, cuda_graphs=cuda)
     batch.warm_up()
     return batch
 

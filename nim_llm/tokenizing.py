@@ -1,7 +1,7 @@
 """`POST /tokenize` (vLLM's extension, served at the root as vLLM serves it): count a prompt's tokens without
 generating, so a client can fit `max_tokens` into the context before it asks.
 
-Chat messages go through the same templating as `/v1/chat/completions` (`serving.chat_prompt`), so `count`
+Chat messages go through the same templating as `/v1/chat/completions` (`service.chat_prompt`), so `count`
 equals that request's `usage.prompt_tokens`. Refusals match the chat endpoint: 503 not ready, 404 unknown model,
 400 bad messages or tools.
 """
@@ -13,11 +13,11 @@ import asyncio
 from config import Settings
 from nim_llm.engine import Engine
 from nim_llm.protocol import TokenizeRequest, TokenizeResponse
-from nim_llm.serving import ModelState, chat_prompt, check_model_name, ready_engine
+from nim_llm.service import LoadState, chat_prompt, check_model_name, ready_engine
 
 
 class TokenizeService:
-    def __init__(self, settings: Settings, state: ModelState) -> None:
+    def __init__(self, settings: Settings, state: LoadState) -> None:
         self.settings = settings
         self.state = state
 

@@ -1,52 +1,19 @@
-"""The service's one error vocabulary: `ServiceError` carries status, message, param and code; `error_body` renders
-it as the OpenAI/NIM envelope `{"error": {"message", "type", "param", "code"}}`.
-
-Validation errors are answered with 400 (not FastAPI's 422 shape), as the LLM service does.
-"""
+"""The 3D service's errors: the shared `APIError` of both services (servicekit), rendered as the OpenAI/NIM
+envelope `{"error": {"message", "type", "param", "code"}}`; invalid requests get 400, as on the LLM service."""
 
 from __future__ import annotations
 
-from typing import Any
+from servicekit.errors import APIError
 
 
-class ServiceError(Exception):
-    """An error a client can act on; the message says what to fix."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str,
-        param: str | None = None,
-        retry_after_s: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-        self.retry_after_s = retry_after_s
-
-    @property
-    def type(self) -> str:
-        return ERROR_TYPES.get(self.status, "server_error")
+def bad_request(message: str, param: str | None = None, code: str = "invalid_request") -> APIError:
+    return APIError(400, message, code=code, param=param)
 
 
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable",
-}
-
-
-def error_body(err: ServiceError) -> dict[str, Any]:
-    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
-
-
-def bad_request(message: str, param: str | None = None, code: str = "invalid_request") -> ServiceError:
-    return ServiceError(400, message, code=code, param=param)
+def job_not_found(job_id: str, retention_s: float) -> APIError:
+    return APIError(
+        404,
+        f"No job {job_id!r}; it never existed or expired after {retention_s:g}s (JOB_RETENTION_S).",
+        code="job_not_found",
+        param="id",
+    )

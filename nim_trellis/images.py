@@ -40,7 +40,7 @@ def decode_base64(value: str, param: str, max_bytes: int) -> bytes:
 
 
 def decode_image(value: str, settings: Settings, param: str = "image") -> Image.Image:
-    """A fully loaded RGB or RGBA image, or a 400 `ServiceError` that says what is wrong with the input."""
+    """A fully loaded RGB or RGBA image, or a 400 `APIError` that says what is wrong with the input."""
     raw = decode_base64(value, param, settings.max_image_bytes)
     if not raw:
         raise bad_request(f"`{param}` is empty; send a PNG, JPEG or WebP image.", param)

@@ -33,9 +33,10 @@ from typing import Any
 
 from nim_trellis.backends.base import MeshArtifact
 from nim_trellis.backends.optional_deps import MissingDependency
-from nim_trellis.errors import ServiceError
+from nim_trellis.errors import job_not_found
 from nim_trellis.metrics import ServiceMetrics
-from nim_trellis.schemas import JobState, JobStatus
+from nim_trellis.protocol import JobState, JobStatus
+from servicekit.errors import APIError
 from servicekit.vram import free_gpu_memory, is_cuda_oom
 
 log = logging.getLogger("nim_trellis.jobs")
@@ -51,7 +52,7 @@ class JobTimedOut(Exception):
     """Raised at a stage boundary after the job's deadline."""
 
 
-class ContentFiltered(Exception):
+class SafetyRefused(Exception):
     """A safety classifier decided against the input; the job ends as `filtered`."""
 
 
@@ -187,7 +188,7 @@ class JobQueue:
         with self._cond:
             if len(self._queued) >= self.max_queued:
                 self.metrics.rejected.labels("queue_full").inc()
-                raise ServiceError(
+                raise APIError(
                     429,
                     f"The work queue is full ({self.max_queued} jobs waiting); retry later.",
                     code="queue_full",
@@ -202,12 +203,7 @@ class JobQueue:
         self.purge_expired()
         job = self._jobs.get(job_id)
         if job is None:
-            raise ServiceError(
-                404,
-                f"No job {job_id!r}; it never existed or expired after {self.retention_s:g}s (JOB_RETENTION_S).",
-                code="job_not_found",
-                param="id",
-            )
+            raise job_not_found(job_id, self.retention_s)
         return job
 
     def cancel(self, job_id: str) -> Job:
@@ -304,7 +300,7 @@ class JobQueue:
             self._finish(job, "cancelled", error="cancelled while running", code="cancelled")
         except JobTimedOut:
             self._finish(job, "failed", error=self._timeout_message(), code="timeout")
-        except ContentFiltered as e:
+        except SafetyRefused as e:
             self._finish(job, "filtered", error=str(e), code="filtered")
         except OutOfGpuMemory as e:
             log.error("job %s: %s", job.id, e)

@@ -18,7 +18,7 @@ def main() -> None:
 
     import uvicorn
 
-    from nim_trellis.api import create_app
+    from nim_trellis.app import create_app
 
     uvicorn.run(
         create_app(settings),

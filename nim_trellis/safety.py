@@ -18,7 +18,7 @@ from PIL import Image
 
 from config import BUILTIN_TINY_IMAGE_CLASSIFIER, BUILTIN_TINY_PROMPT_CLASSIFIER, Settings
 from nim_trellis import tiny_models
-from nim_trellis.schemas import BackendHealth
+from nim_trellis.protocol import BackendHealth
 
 log = logging.getLogger("nim_trellis.safety")
 

@@ -1,4 +1,5 @@
-"""Service logic behind the routers: model loading and health, 3D jobs, text-to-image and moderation.
+"""Service logic behind the routers: model loading and health, and 3D work (`/v1/infer` and the jobs API);
+text-to-image and moderation are `imaging.ImageService`, on the same queue.
 
 Routers call these methods and nothing else. All GPU work goes through `JobQueue` (one worker); the async methods
 only wait on job futures, so the event loop never blocks. The GPU memory plan (`servicekit/vram.py`) sets the
@@ -11,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 from PIL import Image
@@ -25,27 +25,22 @@ from PIL import Image
 from config import Settings
 from nim_trellis.backends.base import Backend3D, MeshArtifact, ScaledReporter
 from nim_trellis.backends.relief import has_real_alpha
-from nim_trellis.errors import ServiceError
 from nim_trellis.imagegen.sana import SanaImageGenerator
-from nim_trellis.jobs import ContentFiltered, Job, JobContext, JobQueue, LeanRetry
-from nim_trellis.safety import Decision, SafetyGate, SafetyUnavailable
-from nim_trellis.schemas import (
+from nim_trellis.imaging import ImageService
+from nim_trellis.jobs import Job, JobContext, JobQueue, LeanRetry, SafetyRefused
+from nim_trellis.protocol import (
     Artifact,
     BackendHealth,
     FinishReason,
-    GeneratedImage,
     HealthResponse,
-    ImageGenerationRequest,
-    ImageGenerationResponse,
     InferRequest,
     InferResponse,
-    ModerationRequest,
-    ModerationResponse,
-    ModerationResult,
+    JobCreated,
+    JobStatus,
     Task3D,
-    parse_size,
-    resolve_seed,
 )
+from nim_trellis.safety import SafetyGate
+from servicekit.errors import APIError
 from servicekit.vram import VramPlan, plan_3d
 from servicekit.vram_lease import lease_for
 
@@ -61,7 +56,6 @@ INFER_FAILURES = {
     "unavailable": (501, "unavailable"),
 }
 OPTIONAL = ("texture", "background_removal")  # optional parts of the 3D backend: "off" never blocks readiness
-MODERATION_CATEGORY = "sexual"  # the classifiers we use detect sexual content only
 TEXT_STAGE_SHARE = 0.3  # share of a text-mode job's progress spent before the 3D backend starts
 
 
@@ -69,8 +63,8 @@ def make_backend(settings: Settings, plan: VramPlan) -> Backend3D:
     if settings.backend_3d == "trellis":
         from nim_trellis.backends.trellis import TrellisBackend
 
-        fitted = settings.model_copy(update={"texture_size": plan.texture(settings.texture_size)})
-        return TrellisBackend(fitted, low_vram=plan.applies and plan.trellis_low_vram)
+        texture = plan.texture(settings.texture_size)
+        return TrellisBackend(settings, texture_size=texture, low_vram=plan.applies and plan.trellis_low_vram)
     from nim_trellis.backends.relief import ReliefBackend
 
     return ReliefBackend(settings)
@@ -102,6 +96,7 @@ class TrellisService:
             retry_after_s=settings.trellis_retry_after_s,
             oom_advice=self.vram.oom_advice(),
         )
+        self.images = ImageService(self)
         self._loader = threading.Thread(target=self.load_models, name="trellis-loader", daemon=True)
 
     # --- lifecycle and health ------------------------------------------------------------------------------
@@ -169,14 +164,14 @@ class TrellisService:
         for name in names:
             h = parts[name]
             if h.state == "loading":
-                raise ServiceError(
+                raise APIError(
                     503,
                     f"The {name} model is still loading; retry shortly.",
                     code="not_ready",
                     retry_after_s=self.settings.trellis_retry_after_s,
                 )
             if h.state == "error" and not (name.startswith("safety") and not self.settings.safety_fail_closed):
-                raise ServiceError(
+                raise APIError(
                     503,
                     f"The {name} model failed to load: {h.detail}",
                     code="backend_error",
@@ -199,7 +194,7 @@ class TrellisService:
         if task.mode == "text" and not self.backend.supports_text:
             self.require("imagegen")
             if not self.imagegen.enabled:
-                raise ServiceError(
+                raise APIError(
                     503,
                     "Text mode needs a text-to-image model: set IMAGEGEN_MODEL (or "
                     "TRELLIS_TEXT_MODEL with BACKEND_3D=trellis), or send an image.",
@@ -222,7 +217,7 @@ class TrellisService:
         texture, cutout = caps.get("texture"), caps.get("background_removal")
         params = task.params
         if texture and not texture.available and params.output_format == "glb" and not params.no_texture:
-            raise ServiceError(
+            raise APIError(
                 501,
                 f"Textured GLBs cannot be made on this server ({texture.detail}). Send `no_texture: true` for a "
                 'vertex-coloured GLB, or `output_format: "stl"`.',
@@ -232,7 +227,7 @@ class TrellisService:
         drawn_first = task.mode == "text" and not self.backend.supports_text  # SANA draws on a plain background
         opaque = drawn_first or (task.image is not None and not has_real_alpha(task.image))
         if cutout and not cutout.available and opaque:
-            raise ServiceError(
+            raise APIError(
                 501,
                 f"This server cannot remove image backgrounds ({cutout.detail}). Send an image whose background "
                 "is transparent (a PNG with alpha).",
@@ -253,11 +248,11 @@ class TrellisService:
             ctx.stage("safety_prompt", 0.01)
             self._guard(self.safety.check_prompt, task.prompt, "prompt")
             if self.backend.supports_text:
-                with self._gpu():
+                with self.gpu():
                     return self.backend.text_to_mesh(task.prompt, params, ScaledReporter(ctx, 0.02, 1.0))
             ctx.stage("text_to_image", 0.02)
             side = self.settings.imagegen_size or 0
-            with self._gpu():
+            with self.gpu():
                 image = self.imagegen.generate(
                     task.prompt, n=1, width=side, height=side, seed=params.seed, steps=self.settings.imagegen_steps
                 )[0][0]
@@ -265,10 +260,10 @@ class TrellisService:
         start = TEXT_STAGE_SHARE if task.mode == "text" else 0.0
         ctx.stage("safety_image", start + 0.01)
         self._guard(self.safety.check_image, image, "image")
-        with self._gpu():
+        with self.gpu():
             return self.backend.image_to_mesh(image, params, ScaledReporter(ctx, start + 0.02, 1.0))
 
-    def _gpu(self) -> contextlib.AbstractContextManager[None]:
+    def gpu(self) -> contextlib.AbstractContextManager[None]:
         """Hold the VRAM lease around a GPU stage (a no-op unless the plan says the services take turns)."""
         return self.lease.hold(timeout_s=self.settings.job_timeout_s)
 
@@ -276,7 +271,7 @@ class TrellisService:
     def _guard(check: Callable, item: str | Image.Image, what: str) -> None:
         decision = check(item)  # SafetyUnavailable propagates and fails the job as an error, never as a filter
         if decision.flagged:
-            raise ContentFiltered(f"the {what} was classified as unsafe (score {decision.score:.3f})")
+            raise SafetyRefused(f"the {what} was classified as unsafe (score {decision.score:.3f})")
 
     async def wait(self, job: Job, is_disconnected: Disconnected | None) -> None:
         """Wait for a job; if the client goes away meanwhile, abandon the job so the GPU does not work for nobody."""
@@ -285,10 +280,10 @@ class TrellisService:
             if is_disconnected is not None and await is_disconnected():
                 log.info("client left; abandoning %s job %s", job.kind, job.id)
                 self.queue.abandon(job)
-                raise ServiceError(499, "The client closed the request.", code="client_closed_request")
+                raise APIError(499, "The client closed the request.", code="client_closed_request")
 
     async def infer(self, request: InferRequest, is_disconnected: Disconnected | None = None) -> InferResult:
-        """Run one 3D job to its end; a failure is raised as a `ServiceError` with the job's reason."""
+        """Run one 3D job to its end; a failure is raised as a `APIError` with the job's reason."""
         job = await self.submit_3d(request, in_memory=True)
         await self.wait(job, is_disconnected)
         self.queue.discard(job)
@@ -299,76 +294,46 @@ class TrellisService:
         log.warning("infer job %s %s: %s", job.id, job.status, job.error)
         status, code = INFER_FAILURES.get(job.error_code or "", (500, "generation_failed"))
         retry = self.settings.trellis_retry_after_s if status == 503 else None
-        raise ServiceError(status, f"3D generation failed: {job.error}", code=code, retry_after_s=retry)
+        raise APIError(status, f"3D generation failed: {job.error}", code=code, retry_after_s=retry)
 
-    # --- text-to-image -------------------------------------------------------------------------------------
-    async def generate_images(
-        self, request: ImageGenerationRequest, is_disconnected: Disconnected | None = None
-    ) -> ImageGenerationResponse:
-        if not self.imagegen.enabled:
-            raise ServiceError(503, self.imagegen.health.detail, code="imagegen_off")
-        self.require("imagegen", "safety_prompt")
-        side = self.settings.imagegen_size or 0
-        width, height = parse_size(request.size) if request.size else (side, side)
-        decision = await asyncio.to_thread(self._checked_prompt, request.prompt)
-        if decision:
-            raise ServiceError(
-                400, "The prompt was classified as unsafe; rephrase it.", code="content_filtered", param="prompt"
+    async def create_job(self, request: InferRequest) -> JobCreated:
+        job = await self.submit_3d(request)
+        return JobCreated(id=job.id, status=job.status, queue_position=self.queue.position(job))
+
+    def job_status(self, job_id: str) -> JobStatus:
+        return self.queue.status(self.queue.get(job_id))
+
+    def cancel_job(self, job_id: str) -> JobStatus:
+        return self.queue.status(self.queue.cancel(job_id))
+
+    def job_result(self, job_id: str) -> ResultFile:
+        """The finished job's file; 409 while it runs (or when it did not succeed), 404 once it has expired."""
+        job = self.queue.get(job_id)
+        if job.status != "succeeded" or job.result_path is None:
+            raise APIError(
+                409,
+                f"Job {job_id} is {job.status}; a result exists only once it has succeeded.",
+                code="job_not_finished",
+                param="id",
             )
-        seed, steps = resolve_seed(request.seed), request.steps or self.settings.imagegen_steps
+        if not job.result_path.exists():
+            raise APIError(404, f"The result of job {job_id} has expired.", code="job_not_found", param="id")
+        return ResultFile(
+            job.result_path,
+            str(job.media_type),
+            f"{job.id}.{job.output_format}",
+            {"X-Seed": str(job.seed), "X-Backend": job.backend},
+        )
 
-        def work(ctx: JobContext, one_by_one: bool = False) -> list[tuple[Image.Image, int]]:
-            ctx.stage("text_to_image", 0.1)
-            draw = self.imagegen.generate_one_by_one if one_by_one else self.imagegen.generate
-            with self._gpu():
-                return draw(request.prompt, n=request.n, width=width, height=height, seed=seed, steps=steps)
 
-        what = "one image at a time" if request.n > 1 else "after freeing GPU memory"
-        lean = LeanRetry(what, lambda ctx: work(ctx, one_by_one=True))
-        job = self.queue.submit("images", work, backend=self.imagegen.name, seed=seed, lean=lean)
-        await self.wait(job, is_disconnected)
-        self.queue.discard(job)
-        if job.status != "succeeded":
-            raise ServiceError(500, f"Image generation failed: {job.error}", code="generation_failed")
-        encoded = await asyncio.to_thread(lambda: [(_png_b64(img), s) for img, s in job.value])
-        data = [GeneratedImage(b64_json=b64, seed=s) for b64, s in encoded]
-        return ImageGenerationResponse(created=int(time.time()), data=data, backend=self.imagegen.name)
+@dataclass(frozen=True)
+class ResultFile:
+    """A finished job's result as the route sends it."""
 
-    def _checked_prompt(self, prompt: str) -> bool:
-        return self._prompt_decision(prompt, "prompt").flagged
-
-    def _prompt_decision(self, text: str, what: str) -> Decision:
-        """The prompt classifier's decision; a classifier that cannot answer is a 503, never a filter decision."""
-        try:
-            return self.safety.check_prompt(text)
-        except SafetyUnavailable as e:
-            raise ServiceError(
-                503,
-                f"Cannot check the {what}: {e}",
-                code="safety_unavailable",
-                retry_after_s=self.settings.trellis_retry_after_s,
-            ) from e
-
-    # --- moderation ----------------------------------------------------------------------------------------
-    async def moderate(self, request: ModerationRequest) -> ModerationResponse:
-        self.require("safety_prompt")
-        texts = [request.input] if isinstance(request.input, str) else request.input
-        results = []
-        for text in texts:
-            decision = await asyncio.to_thread(self._moderate_one, text)
-            results.append(
-                ModerationResult(
-                    flagged=decision[0],
-                    categories={MODERATION_CATEGORY: decision[0]},
-                    category_scores={MODERATION_CATEGORY: decision[1]},
-                )
-            )
-        model = self.safety.prompt.model_id or "off"
-        return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=model, results=results)
-
-    def _moderate_one(self, text: str) -> tuple[bool, float]:
-        d = self._prompt_decision(text, "text")
-        return d.flagged, round(d.score, 6)
+    path: Path
+    media_type: str
+    filename: str
+    headers: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -397,9 +362,3 @@ class InferResult:
                 )
             ]
         )
-
-
-def _png_b64(image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()

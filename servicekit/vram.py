@@ -65,6 +65,15 @@ LEANER: dict[str, str] = {"unlimited": "48gb", "48gb": "32gb", "32gb": "24gb", "
 
 
 @dataclass(frozen=True)
+class LlmSize:
+    """How large the LLM engine is built: batch slots, context tokens (None: the model's own), tokens per slot."""
+
+    max_batch_size: int
+    max_context: int | None
+    slot_tokens: int
+
+
+@dataclass(frozen=True)
 class VramPlan:
     """What one profile changes. `None` limits keep the settings' own values."""
 
@@ -113,17 +122,14 @@ class VramPlan:
     def texture(self, configured: int) -> int:
         return min(configured, self.texture_size) if self.applies and self.texture_size else configured
 
-    def limit_llm(self, settings: Settings) -> Settings:
-        """Settings with the plan's LLM batch and context limits applied (a copy; unchanged when none apply)."""
-        if not self.applies:
-            return settings
-        update: dict[str, Any] = {}
-        if self.llm_max_batch_size:
-            update["llm_max_batch_size"] = min(settings.llm_max_batch_size or 1 << 30, self.llm_max_batch_size)
-        if self.llm_max_context:
-            update["llm_max_context"] = min(settings.llm_max_context or 1 << 30, self.llm_max_context)
-            update["llm_slot_tokens"] = min(settings.llm_slot_tokens, self.llm_max_context)
-        return settings.model_copy(update=update) if update else settings
+    def llm_size(self, settings: Settings) -> LlmSize:
+        """The LLM engine's size: what the settings ask for, capped by this plan (the settings stay as they are)."""
+        batch, context, slot = int(settings.llm_max_batch_size or 1), settings.llm_max_context, settings.llm_slot_tokens
+        if self.applies and self.llm_max_batch_size:
+            batch = min(batch, self.llm_max_batch_size)
+        if self.applies and self.llm_max_context:
+            context, slot = min(context or self.llm_max_context, self.llm_max_context), min(slot, self.llm_max_context)
+        return LlmSize(max_batch_size=batch, max_context=context, slot_tokens=slot)
 
     @property
     def int8_llm(self) -> bool:

@@ -151,8 +151,9 @@ class RunProgress:
 class TrellisBackend:
     name = "trellis"
 
-    def __init__(self, settings: Settings, *, low_vram: bool = False) -> None:
+    def __init__(self, settings: Settings, *, texture_size: int | None = None, low_vram: bool = False) -> None:
         self.settings = settings
+        self.texture_size = texture_size or settings.texture_size  # the GPU memory plan may cap TEXTURE_SIZE
         self.low_vram = low_vram
         self.supports_text = bool(settings.trellis_text_model)
         self._image_pipe: Any = None
@@ -290,7 +291,7 @@ class TrellisBackend:
                 outputs["gaussian"][0],
                 extracted,
                 simplify=self.settings.mesh_simplify,
-                texture_size=self.settings.texture_size,
+                texture_size=self.texture_size,
                 report=ScaledReporter(progress.report, start, end),
             )
         else:

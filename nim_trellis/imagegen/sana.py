@@ -15,7 +15,7 @@ from PIL import Image
 
 from config import BUILTIN_TINY_SANA, Settings
 from nim_trellis.imagegen.tiny import ensure_tiny_sana
-from nim_trellis.schemas import MAX_SEED, BackendHealth
+from nim_trellis.protocol import MAX_SEED, BackendHealth
 from servicekit.vram import free_gpu_memory
 
 log = logging.getLogger("nim_trellis.imagegen")

@@ -16,7 +16,8 @@ import openai
 import pytest
 
 from config import Settings
-from nim_llm.api import create_app
+from nim_llm.app import create_app
+from servicekit.vram import VramPlan, llm_plan
 from tests.support import serve_in_thread, wait_http
 
 SERVED = "meta/llama-3.1-8b-instruct"
@@ -88,3 +89,8 @@ def ask(client: openai.OpenAI, text: str = "Hello there!", **kwargs: Any):
     kwargs.setdefault("model", SERVED)
     kwargs.setdefault("seed", 7)
     return client.chat.completions.create(messages=[{"role": "user", "content": text}], **kwargs)
+
+
+def with_plan(settings: Settings) -> tuple[Settings, VramPlan]:
+    """The settings and the GPU memory plan a service would compute for them once at start."""
+    return settings, llm_plan(settings)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import torch
 
-import nim_llm.loading
 from nim_llm.int8 import Int8Linear, is_int8, quantize_int8_, quantize_weight
 from nim_llm.loading import load_model
 from nim_llm.slots import SlotBatch
 from nim_llm.startup import build_engine
 from servicekit.vram import PLANS
+from tests.llm.conftest import with_plan
 from tests.llm.test_static_engine import _generate_each
 
 
@@ -24,7 +24,7 @@ def test_quantized_weight_is_within_half_a_step_of_the_original() -> None:
 
 
 def test_int8_model_stays_close_to_the_original(make_settings) -> None:
-    model = load_model(make_settings()).model
+    model = load_model(*with_plan(make_settings())).model
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = model(input_ids=ids).logits.float()
@@ -40,10 +40,10 @@ def test_int8_model_stays_close_to_the_original(make_settings) -> None:
 
 
 def test_static_engine_serves_int8_weights_like_the_eager_engine(make_settings, monkeypatch) -> None:
-    # The plan does not apply on CPU; pretend it does, so the loading path itself quantises.
-    monkeypatch.setattr(nim_llm.loading, "llm_plan", lambda settings: PLANS["24gb"])
-    eager = build_engine(make_settings(llm_engine="eager"))
-    static = build_engine(make_settings(llm_engine="static", llm_slot_tokens=256, llm_max_batch_size=4))
+    # The plan does not apply on CPU; hand the engine the 24gb one, so the loading path itself quantises.
+    plan = PLANS["24gb"]
+    eager = build_engine(make_settings(llm_engine="eager"), plan)
+    static = build_engine(make_settings(llm_engine="static", llm_slot_tokens=256, llm_max_batch_size=4), plan)
     assert is_int8(eager.model) and is_int8(static.model) and isinstance(static._batch, SlotBatch)
     assert static._batch.step_fn.weights[0].sqkv is not None  # the static step reads the int8 scales
     prompts = [eager.tokenizer.encode(w) for w in ["a chair", "a red lamp on a long oak table", "hi", "ok then"]]

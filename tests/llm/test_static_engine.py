@@ -19,7 +19,7 @@ from nim_llm.sampling import SamplingParams, make_generator, pick_tokens
 from nim_llm.sequence import Event, FinishEvent, TokenEvent
 from nim_llm.slots import SlotBatch, bucket_for, buckets
 from nim_llm.startup import build_engine
-from tests.llm.conftest import Server, ask, running_server
+from tests.llm.conftest import Server, ask, running_server, with_plan
 from tests.llm.test_chat import PLAN_SCHEMA
 
 
@@ -66,8 +66,8 @@ def _generate_each(engines: list, prompts: list[list[int]], max_tokens: list[int
 
 
 def test_static_engine_matches_eager_when_greedy_and_sequences_come_and_go(make_settings) -> None:
-    eager = build_engine(make_settings(llm_engine="eager"))
-    static = build_engine(make_settings(llm_engine="static", llm_slot_tokens=256, llm_max_batch_size=4))
+    eager = build_engine(*with_plan(make_settings(llm_engine="eager")))
+    static = build_engine(*with_plan(make_settings(llm_engine="static", llm_slot_tokens=256, llm_max_batch_size=4)))
     assert isinstance(static._batch, SlotBatch) and static.max_context == 256
     tokenizer = eager.tokenizer
     words = ["a chair", "a much longer prompt about chairs, tables and a lamp", "hi", "the rug is red", "ok"]
@@ -118,7 +118,7 @@ def test_static_server_keeps_contracts_when_structured_stop_logprobs(static_serv
 
 
 def test_static_engine_refuses_model_it_cannot_serve(make_settings, monkeypatch) -> None:
-    loaded = load_model(make_settings())
+    loaded = load_model(*with_plan(make_settings()))
     monkeypatch.setattr(loaded.model.config, "model_type", "gpt2")
     from nim_llm.startup import engine_kind
 

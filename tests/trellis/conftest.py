@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from config import Settings
-from nim_trellis.api import create_app
+from nim_trellis.app import create_app
 from nim_trellis.backends.base import MeshArtifact, MeshParams, StageReporter
 from nim_trellis.backends.relief import ReliefBackend
 from tests.support import serve_in_thread, wait_http

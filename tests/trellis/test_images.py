@@ -10,8 +10,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from nim_trellis.errors import ServiceError
 from nim_trellis.images import decode_image
+from servicekit.errors import APIError
 from tests.trellis.conftest import disc_image, encode
 
 
@@ -30,7 +30,7 @@ def test_decode_image_accepts_plain_base64_and_keeps_alpha(make_settings) -> Non
 def test_decode_image_rejects_gif(make_settings) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, "GIF")
-    with pytest.raises(ServiceError) as err:
+    with pytest.raises(APIError) as err:
         decode_image(base64.b64encode(buf.getvalue()).decode(), make_settings())
     assert err.value.status == 400 and "PNG, JPEG or WebP" in err.value.message
 
@@ -48,19 +48,19 @@ def _png_header_only(width: int, height: int) -> bytes:
 @pytest.mark.parametrize("side", [5000, 100_000])
 def test_decode_image_rejects_decompression_bomb(side: int, make_settings) -> None:
     settings = make_settings(max_image_pixels=4096 * 4096)
-    with pytest.raises(ServiceError) as err:
+    with pytest.raises(APIError) as err:
         decode_image(base64.b64encode(_png_header_only(side, side)).decode(), settings)
     assert err.value.status == 400 and "pixels" in err.value.message
 
 
 def test_decode_image_rejects_oversized_payload(make_settings) -> None:
-    with pytest.raises(ServiceError) as err:
+    with pytest.raises(APIError) as err:
         decode_image("A" * 4000, make_settings(max_image_bytes=1024))
     assert "larger than 1024 bytes" in err.value.message
 
 
 def test_decode_image_rejects_truncated_png(make_settings) -> None:
     raw = base64.b64decode(encode(disc_image(64), data_uri=False))
-    with pytest.raises(ServiceError) as err:
+    with pytest.raises(APIError) as err:
         decode_image(base64.b64encode(raw[: len(raw) // 2]).decode(), make_settings())
     assert err.value.status == 400

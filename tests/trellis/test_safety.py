@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from nim_trellis import tiny_models
-from nim_trellis.api import create_app
+from nim_trellis.app import create_app
 from nim_trellis.service import TrellisService
 from tests.support import serve_in_thread, wait_http
 from tests.trellis.conftest import running, wait_job, wait_loaded

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-import nim_llm.api
+import nim_llm.app
 from config import Settings
-from nim_llm.api import create_app as create_llm_app
-from nim_trellis.api import create_app
+from nim_llm.app import create_app as create_llm_app
+from nim_trellis.app import create_app
 from nim_trellis.service import TrellisService
 from servicekit.vram import PLANS, VramPlan, resolve_plan
 from servicekit.vram_lease import LEASE_FILE, VramLease
@@ -67,14 +67,15 @@ def test_3d_worker_ignores_the_lease_when_the_plan_does_not_need_it(make_setting
 
 
 def test_llm_health_reports_the_profile(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
-    monkeypatch.setattr(nim_llm.api, "llm_plan", lambda settings: PLANS["24gb"])
+    monkeypatch.setattr(nim_llm.app, "llm_plan", lambda settings: PLANS["24gb"])
     settings = Settings(
         _env_file=None, profile="tiny", cache_dir=tmp_path_factory.mktemp("llm"), api_key=None, hf_token=None
     )
     app = create_llm_app(settings)
-    assert app.state.settings.llm_max_batch_size == 4  # the plan's batch limit reached the engine's settings
     with serve_in_thread(app) as url:
         body = wait_http(f"{url}/v1/health/ready", timeout_s=120).json()
+        assert app.state.model.engine.max_batch_size == 4  # the plan's batch limit reached the engine
+    assert settings.llm_max_batch_size == 8  # and the settings stayed as they were
     assert body["message"] == "Service is ready." and body["vram_profile"] == "24gb"
     assert "8-bit LLM" in body["vram_lowered"] and "LLM batch 4" in body["vram_lowered"]
     assert body["waiting_for_gpu"] is False

@@ -21,6 +21,7 @@ from nim_llm.engine import Engine
 from nim_llm.loading import load_model
 from nim_llm.sampling import SamplingParams
 from nim_llm.sequence import ErrorEvent, Event, FinishEvent, TokenEvent
+from servicekit.vram import llm_plan
 from servicekit.vram_lease import LEASE_FILE, VramLease
 from tests.vram.conftest import cuda_oom
 
@@ -32,7 +33,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(
         _env_file=None, profile="tiny", cache_dir=tmp_path_factory.mktemp("llm"), api_key=None, hf_token=None
     )
-    return load_model(settings)
+    return load_model(settings, llm_plan(settings))
 
 
 @pytest.fixture

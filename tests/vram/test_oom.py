@@ -10,7 +10,7 @@ import httpx
 from PIL import Image
 
 from config import Settings
-from nim_trellis.api import create_app
+from nim_trellis.app import create_app
 from nim_trellis.backends.base import MeshArtifact, MeshParams, StageReporter
 from nim_trellis.backends.relief import ReliefBackend
 from nim_trellis.imagegen.sana import SanaImageGenerator

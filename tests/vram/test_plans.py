@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from config import Settings
-from servicekit.vram import PLANS, VramPlan, choose_profile, is_cuda_oom, resolve_plan
+from servicekit.vram import PLANS, LlmSize, VramPlan, choose_profile, is_cuda_oom, resolve_plan
 from tests.vram.conftest import cuda_oom
 
 
@@ -72,13 +72,12 @@ def test_resolve_plan_auto_without_cuda_changes_nothing() -> None:
     assert plan.profile == "unlimited" and not plan.applies and "CUDA is not available" in plan.reason
 
 
-def test_limit_llm_caps_batch_context_and_slots() -> None:
+def test_llm_size_caps_batch_context_and_slots() -> None:
     settings = Settings(_env_file=None, profile="gpu", hf_token=None, llm_max_context=8192, llm_slot_tokens=8192)
-    limited = PLANS["16gb"].limit_llm(settings)
-    assert (limited.llm_max_batch_size, limited.llm_max_context, limited.llm_slot_tokens) == (4, 4096, 4096)
-    assert settings.llm_max_batch_size == 64  # the original is untouched
-    assert PLANS["16gb"].not_applied().limit_llm(settings) is settings
-    assert PLANS["unlimited"].limit_llm(settings) is settings
+    assert PLANS["16gb"].llm_size(settings) == LlmSize(max_batch_size=4, max_context=4096, slot_tokens=4096)
+    assert settings.llm_max_batch_size == 64  # the settings stay as they are
+    as_set = LlmSize(max_batch_size=64, max_context=8192, slot_tokens=8192)
+    assert PLANS["16gb"].not_applied().llm_size(settings) == PLANS["unlimited"].llm_size(settings) == as_set
 
 
 def test_texture_is_capped_not_raised() -> None:

@@ -29,7 +29,7 @@ CLIENT_GONE = "client_disconnected"  # request_failure_total reason for clients 
 
 
 @dataclass
-class ModelState:
+class LoadState:
     """What the API knows about the model: loading, ready or failed (with the reason)."""
 
     status: str = "loading"
@@ -57,7 +57,7 @@ class Submission:
 
 
 class ChatService:
-    def __init__(self, settings: Settings, state: ModelState, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, state: LoadState, metrics: Metrics) -> None:
         self.settings = settings
         self.state = state
         self.metrics = metrics
@@ -243,14 +243,14 @@ class ChatService:
 
 
 # --- shared with /tokenize (nim_llm/tokenizing.py) -------------------------------------------------------------
-def ready_engine(settings: Settings, state: ModelState) -> Engine:
+def ready_engine(settings: Settings, state: LoadState) -> Engine:
     """The running engine, or 503 with the reason while the model is loading or failed."""
     if not state.ready or state.engine is None:
         raise not_ready(state.reason, settings.llm_retry_after_s)
     return state.engine
 
 
-def check_model_name(settings: Settings, state: ModelState, model: str) -> None:
+def check_model_name(settings: Settings, state: LoadState, model: str) -> None:
     """404 unless `model` is the served name or the loaded model's id."""
     if model not in {settings.llm_served_name, state.model_id}:
         raise not_found(

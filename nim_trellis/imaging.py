@@ -1,0 +1,113 @@
+"""Text-to-image (OpenAI Images) and moderation (OpenAI Moderations) of the 3D service.
+
+Both go through the service's one GPU work queue and its prompt classifier; a classifier that cannot answer is a
+503, never a filter decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from nim_trellis.jobs import JobContext, LeanRetry
+from nim_trellis.protocol import (
+    GeneratedImage,
+    ImageGenerationRequest,
+    ImageGenerationResponse,
+    ModerationRequest,
+    ModerationResponse,
+    ModerationResult,
+    parse_size,
+    resolve_seed,
+)
+from nim_trellis.safety import Decision, SafetyUnavailable
+from servicekit.errors import APIError
+
+if TYPE_CHECKING:
+    from nim_trellis.service import Disconnected, TrellisService
+
+MODERATION_CATEGORY = "sexual"  # the classifiers we use detect sexual content only
+
+
+class ImageService:
+    def __init__(self, core: TrellisService) -> None:
+        self.core = core
+
+    async def generate_images(
+        self, request: ImageGenerationRequest, is_disconnected: Disconnected | None = None
+    ) -> ImageGenerationResponse:
+        if not self.core.imagegen.enabled:
+            raise APIError(503, self.core.imagegen.health.detail, code="imagegen_off")
+        self.core.require("imagegen", "safety_prompt")
+        side = self.core.settings.imagegen_size or 0
+        width, height = parse_size(request.size) if request.size else (side, side)
+        decision = await asyncio.to_thread(self._checked_prompt, request.prompt)
+        if decision:
+            raise APIError(
+                400, "The prompt was classified as unsafe; rephrase it.", code="content_filtered", param="prompt"
+            )
+        seed, steps = resolve_seed(request.seed), request.steps or self.core.settings.imagegen_steps
+
+        def work(ctx: JobContext, one_by_one: bool = False) -> list[tuple[Image.Image, int]]:
+            ctx.stage("text_to_image", 0.1)
+            draw = self.core.imagegen.generate_one_by_one if one_by_one else self.core.imagegen.generate
+            with self.core.gpu():
+                return draw(request.prompt, n=request.n, width=width, height=height, seed=seed, steps=steps)
+
+        what = "one image at a time" if request.n > 1 else "after freeing GPU memory"
+        lean = LeanRetry(what, lambda ctx: work(ctx, one_by_one=True))
+        job = self.core.queue.submit("images", work, backend=self.core.imagegen.name, seed=seed, lean=lean)
+        await self.core.wait(job, is_disconnected)
+        self.core.queue.discard(job)
+        if job.status != "succeeded":
+            raise APIError(500, f"Image generation failed: {job.error}", code="generation_failed")
+        encoded = await asyncio.to_thread(lambda: [(_png_b64(img), s) for img, s in job.value])
+        data = [GeneratedImage(b64_json=b64, seed=s) for b64, s in encoded]
+        return ImageGenerationResponse(created=int(time.time()), data=data, backend=self.core.imagegen.name)
+
+    def _checked_prompt(self, prompt: str) -> bool:
+        return self._prompt_decision(prompt, "prompt").flagged
+
+    def _prompt_decision(self, text: str, what: str) -> Decision:
+        """The prompt classifier's decision; a classifier that cannot answer is a 503, never a filter decision."""
+        try:
+            return self.core.safety.check_prompt(text)
+        except SafetyUnavailable as e:
+            raise APIError(
+                503,
+                f"Cannot check the {what}: {e}",
+                code="safety_unavailable",
+                retry_after_s=self.core.settings.trellis_retry_after_s,
+            ) from e
+
+    async def moderate(self, request: ModerationRequest) -> ModerationResponse:
+        self.core.require("safety_prompt")
+        texts = [request.input] if isinstance(request.input, str) else request.input
+        results = []
+        for text in texts:
+            decision = await asyncio.to_thread(self._moderate_one, text)
+            results.append(
+                ModerationResult(
+                    flagged=decision[0],
+                    categories={MODERATION_CATEGORY: decision[0]},
+                    category_scores={MODERATION_CATEGORY: decision[1]},
+                )
+            )
+        model = self.core.safety.prompt.model_id or "off"
+        return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=model, results=results)
+
+    def _moderate_one(self, text: str) -> tuple[bool, float]:
+        d = self._prompt_decision(text, "text")
+        return d.flagged, round(d.score, 6)
+
+
+def _png_b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
