@@ -17,11 +17,11 @@ from typing import Any
 
 from PIL import Image
 
+from servicekit.protocol import MAX_SEED
 from studio.clients import ContentFiltered, ServiceError
 from studio.context import StudioContext
 from studio.workspace import ImageRef, Scene, SceneObject
 
-MAX_SEED = 2**31 - 1
 MAX_VARIANTS = 4
 
 
@@ -30,6 +30,7 @@ class UserError(Exception):
 
 
 def random_seed() -> int:
+    """1..MAX_SEED: any seed the services accept except 0, which asks them to pick one."""
     return secrets.randbelow(MAX_SEED) + 1
 
 

@@ -4,7 +4,7 @@ The studio may talk to any OpenAI-compatible server (ours, vLLM, a NIM), whose c
 every call asks for `min(wanted, context - prompt tokens)` answer tokens. The numbers come, best first, from:
 
 1. `POST {root}/tokenize` (vLLM's endpoint, also served by nim_llm): the exact prompt count and the context;
-2. `GET /v1/models` (`max_model_len`, reported by vLLM, NIM and nim_llm) for the context, with a safe upper bound
+2. `GET {root}/v1/models` (`max_model_len`, reported by vLLM, NIM and nim_llm) for the context, with a safe upper bound
    on the prompt's tokens (`estimate_prompt_tokens`);
 3. neither: the context is unknown and the call asks for `wanted` (the client retries once without `max_tokens`
    when the server says the context is exceeded).
@@ -80,11 +80,10 @@ class TokenCounter:
     """Counts a prompt's tokens the best way its server allows, remembering which way that is."""
 
     def __init__(
-        self, http: httpx.AsyncClient, base_url: str, headers: dict[str, str], served_name: str, timeout_s: float
+        self, http: httpx.AsyncClient, root: str, headers: dict[str, str], served_name: str, timeout_s: float
     ) -> None:
         self.http = http
-        self.base_url = base_url.rstrip("/")
-        self.root = api_root(self.base_url)
+        self.root = root.rstrip("/")  # the server's root, without /v1 (`Settings.llm_root`)
         self.headers = headers
         self.served_name = served_name
         self.timeout_s = timeout_s
@@ -125,7 +124,7 @@ class TokenCounter:
     async def _context(self) -> int | None:
         if not self.context_read:
             try:
-                r = await self.http.get(self.base_url + "/models", headers=self.headers, timeout=self.timeout_s)
+                r = await self.http.get(self.root + "/v1/models", headers=self.headers, timeout=self.timeout_s)
                 if r.status_code == 200:
                     self.context, self.context_read = models_context(r.json(), self.served_name), True
             except (httpx.HTTPError, ValueError):
@@ -179,12 +178,6 @@ def context_exceeded(status: int | None, code: object, message: str) -> bool:
     """Whether an error answer says prompt + max_tokens is over the context (OpenAI's and nim_llm's code; vLLM
     says it in words)."""
     return status == 400 and (code == "context_length_exceeded" or "maximum context length" in message)
-
-
-def api_root(base_url: str) -> str:
-    """The server's root: LLM_BASE_URL without its trailing `/v1` (vLLM serves `/tokenize` there)."""
-    base = base_url.rstrip("/")
-    return base.removesuffix("/v1")
 
 
 def _positive_int(value: object, *, allow_zero: bool = False) -> bool:

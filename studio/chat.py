@@ -2,6 +2,7 @@
 
 `chat_turn` yields `(reply_so_far, scene)` pairs; `scene` is the scene the turn works on (a new one when a new
 scene request arrives while the current scene already has objects: start-over never deletes, it moves on).
+A turn reads the scene once and yields what it read or saved; only a change reads it again, under the scene's lock.
 The plan is applied only after it validated, so a failed plan leaves the scene exactly as it was. Every LLM call
 fits its answer into the served context (`studio/budget.py`): old history goes first, and a message too long on its
 own gets a plain reply asking to shorten it.
@@ -30,7 +31,7 @@ from studio.planner import (
     plan_min_tokens,
     plan_schema,
 )
-from studio.workspace import ChatMessage, Scene
+from studio.workspace import ChatRecord, Scene, new_id
 
 PLANNING_NOTE = "Planning the scene…"
 
@@ -100,16 +101,6 @@ async def request_plan(
     raise error
 
 
-async def _target_scene(ctx: StudioContext, scene_id: str | None, intent: Intent) -> Scene:
-    ws = ctx.workspace
-    if scene_id and ws.exists(scene_id):
-        scene = ws.load(scene_id)
-        if intent is Intent.SCENE and scene.objects:
-            return ws.create()  # a new scene request moves on to a new scene; the old one stays in My scenes
-        return scene
-    return ws.create()
-
-
 async def chat_turn(
     ctx: StudioContext, scene_id: str | None, history: list[dict[str, str]]
 ) -> AsyncIterator[tuple[str, Scene | None]]:
@@ -146,9 +137,7 @@ async def chat_turn(
     except ServiceError as e:
         yield f"{e.message} Nothing was changed; please try again in a moment.", current
         return
-    scene = await _target_scene(ctx, scene_id, intent)
-    reply = await _apply_plan(ctx, scene.id, plan, message, edited=intent is Intent.EDIT)
-    yield reply, ctx.workspace.load(scene.id)
+    yield await _save_plan(ctx, current, intent, plan, message)
 
 
 async def _stream_answer(ctx: StudioContext, context: list[dict[str, str]], message: str) -> AsyncIterator[str]:
@@ -161,16 +150,36 @@ async def _stream_answer(ctx: StudioContext, context: list[dict[str, str]], mess
         yield "(The model returned an empty answer; please try again.)"
 
 
-async def _apply_plan(ctx: StudioContext, scene_id: str, plan: WirePlan, message: str, *, edited: bool) -> str:
-    async with ctx.workspace.edit(scene_id) as scene:
-        scene.objects = merge_plan(scene.objects if edited else [], plan)
-        scene.name = plan.scene_name
-        scene.request = scene.request if edited and scene.request else message
-        reply = describe_plan(scene.name, scene.objects, edited=edited)
-        scene.chat += [ChatMessage(role="user", content=message), ChatMessage(role="assistant", content=reply)]
+async def _save_plan(
+    ctx: StudioContext, current: Scene | None, intent: Intent, plan: WirePlan, message: str
+) -> tuple[str, Scene]:
+    """Apply the plan and save it; returns the reply and the saved scene. An edit (or any plan for an empty scene)
+    changes the current scene, re-read under its lock because cards may have changed while the LLM planned; a new
+    scene request on a scene with objects starts a new scene, and the old one stays in My scenes."""
+    edited = intent is Intent.EDIT
+    if current is not None and (edited or not current.objects):
+        async with ctx.workspace.edit(current.id) as scene:
+            reply = _apply_plan(scene, plan, message, edited=edited)
+        return reply, scene
+    scene = Scene(id=new_id())
+    reply = _apply_plan(scene, plan, message, edited=False)
+    ctx.workspace.save(scene)
+    return reply, scene
+
+
+def _apply_plan(scene: Scene, plan: WirePlan, message: str, *, edited: bool) -> str:
+    scene.objects = merge_plan(scene.objects if edited else [], plan)
+    scene.name = plan.scene_name
+    scene.request = scene.request if edited and scene.request else message
+    reply = describe_plan(scene.name, scene.objects, edited=edited)
+    scene.chat += _exchange(message, reply)
     return reply
 
 
 async def _remember(ctx: StudioContext, scene_id: str, message: str, reply: str) -> None:
     async with ctx.workspace.edit(scene_id) as scene:
-        scene.chat += [ChatMessage(role="user", content=message), ChatMessage(role="assistant", content=reply)]
+        scene.chat += _exchange(message, reply)
+
+
+def _exchange(message: str, reply: str) -> list[ChatRecord]:
+    return [ChatRecord(role="user", content=message), ChatRecord(role="assistant", content=reply)]

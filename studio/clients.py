@@ -1,5 +1,7 @@
 """Async HTTP clients for the LLM service and the 3D service.
 
+Each client holds its service's root (`Settings.llm_root`, `Settings.trellis_root`: the address without `/v1`) and
+adds every path in full (`/v1/chat/completions`, `/tokenize`, `/v1/jobs`), so one convention covers every URL.
 Every call goes through `_send` (or, for the LLM's streamed answers, `LLMClient._stream`), which retries 429/503
 answers (honouring `Retry-After`, capped) and connection failures, and turns every failure into a `ServiceError`
 whose message a user can read. Nothing here knows about Gradio.
@@ -78,9 +80,11 @@ class _Service:
     """Shared request machinery: one pooled httpx client, retries, friendly errors."""
 
     label = "service"
+    setting = "the base URL setting"  # where users set the address, named when it looks wrong
+    health_path = "/v1/health/ready"
 
-    def __init__(self, base_url: str, settings: Settings, client: httpx.AsyncClient) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, root: str, settings: Settings, client: httpx.AsyncClient) -> None:
+        self.root = root.rstrip("/")
         self.settings = settings
         self.http = client
         key = settings.api_key.get_secret_value() if settings.api_key else None
@@ -99,12 +103,12 @@ class _Service:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                response = await self.http.request(method, self.base_url + path, headers=self.headers, **kwargs)
+                response = await self.http.request(method, self.root + path, headers=self.headers, **kwargs)
             except httpx.TimeoutException as e:
                 raise ServiceError(f"The {self.label} did not answer in time; please try again.") from e
             except httpx.TransportError as e:
                 if last:
-                    raise ServiceError(f"The {self.label} is not reachable at {self.base_url}; is it running?") from e
+                    raise ServiceError(f"The {self.label} is not reachable at {self.root}; is it running?") from e
                 await asyncio.sleep(min(2.0**attempt, cap))
                 continue
             if response.status_code in RETRY_STATUSES and not last and not _permanent(response):
@@ -117,9 +121,11 @@ class _Service:
     async def health(self) -> Health:
         """Ready/loading/down with the service's own reason; never raises."""
         try:
-            r = await self.http.get(self.base_url + self.health_path, headers=self.headers, timeout=5.0)
+            r = await self.http.get(self.root + self.health_path, headers=self.headers, timeout=5.0)
         except httpx.HTTPError:
-            return Health("down", f"not reachable at {self.base_url}")
+            return Health("down", f"not reachable at {self.root}")
+        if r.status_code == 404:  # every service of ours has this path: something else answers at this address
+            return await self._without_health_route()
         try:
             body = r.json()
         except ValueError:
@@ -132,7 +138,15 @@ class _Service:
             state = "down"  # live but a model failed to load: waiting will not help, the reason says what to fix
         return Health(state, message, depth if isinstance(depth, int) else None, body)
 
-    health_path = "/health/ready"
+    async def _without_health_route(self) -> Health:
+        """A server without our health route: wrong address, unless it is another kind of server we can use."""
+        return Health("down", self._wrong_address())
+
+    def _wrong_address(self) -> str:
+        return (
+            f"{self.root} answered 404 for {self.health_path}: is {self.setting} the {self.label}'s address "
+            "(http://host:port, with or without /v1)?"
+        )
 
 
 class PromptTooLong(ServiceError):
@@ -148,12 +162,23 @@ class LLMClient(_Service):
     """
 
     label = "LLM service"
-    health_path = "/health/ready"
+    setting = "LLM_BASE_URL"
 
-    def __init__(self, base_url: str, settings: Settings, client: httpx.AsyncClient) -> None:
-        super().__init__(base_url, settings, client)
+    async def _without_health_route(self) -> Health:
+        """Other OpenAI-compatible servers (vLLM serves `/health`, hosted APIs none) have no NIM health route; one
+        that lists its models at `/v1/models` can answer, so it counts as ready."""
+        try:
+            r = await self.http.get(self.root + "/v1/models", headers=self.headers, timeout=5.0)
+        except httpx.HTTPError:
+            r = None
+        if r is not None and r.status_code == 200:
+            return Health("ready", f"ready ({self.root} has no {self.health_path}; /v1/models answers)")
+        return Health("down", self._wrong_address())
+
+    def __init__(self, root: str, settings: Settings, client: httpx.AsyncClient) -> None:
+        super().__init__(root, settings, client)
         self.counter = TokenCounter(
-            client, self.base_url, self.headers, settings.llm_served_name, settings.ui_http_timeout_s
+            client, self.root, self.headers, settings.llm_served_name, settings.ui_http_timeout_s
         )
 
     def _body(self, messages: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
@@ -220,7 +245,7 @@ class LLMClient(_Service):
             last = attempt == retries
             try:
                 async with self.http.stream(
-                    "POST", self.base_url + "/chat/completions", json=body, headers=self.headers, timeout=timeout
+                    "POST", self.root + "/v1/chat/completions", json=body, headers=self.headers, timeout=timeout
                 ) as r:
                     if r.status_code in RETRY_STATUSES and not last:
                         await asyncio.sleep(_retry_after(r, attempt, cap))
@@ -235,10 +260,10 @@ class LLMClient(_Service):
                 raise ServiceError(f"The {self.label} did not answer in time; please try again.") from e
             except httpx.ConnectError as e:
                 if last:
-                    raise ServiceError(f"The {self.label} is not reachable at {self.base_url}; is it running?") from e
+                    raise ServiceError(f"The {self.label} is not reachable at {self.root}; is it running?") from e
                 await asyncio.sleep(min(2.0**attempt, cap))
             except httpx.TransportError as e:
-                raise ServiceError(f"The {self.label} is not reachable at {self.base_url}; is it running?") from e
+                raise ServiceError(f"The {self.label} is not reachable at {self.root}; is it running?") from e
 
 
 async def _sse_deltas(response: httpx.Response) -> AsyncIterator[str]:
@@ -261,7 +286,9 @@ async def _sse_deltas(response: httpx.Response) -> AsyncIterator[str]:
 
 
 @dataclass
-class GeneratedImage:
+class ReceivedImage:
+    """A concept image as the studio received it from the 3D service: decoded PNG bytes and the seed that drew it."""
+
     png: bytes
     seed: int
 
@@ -270,7 +297,7 @@ class TrellisClient(_Service):
     """The 3D service: moderation, text-to-image, and the asynchronous image-to-3D jobs API."""
 
     label = "3D service"
-    health_path = "/v1/health/ready"
+    setting = "TRELLIS_BASE_URL"
 
     async def moderate(self, text: str) -> bool:
         """True when the service's prompt classifier flags `text`."""
@@ -278,11 +305,11 @@ class TrellisClient(_Service):
         results = r.json().get("results") or [{}]
         return bool(results[0].get("flagged"))
 
-    async def generate_images(self, prompt: str, *, n: int, seed: int, size: int) -> list[GeneratedImage]:
+    async def generate_images(self, prompt: str, *, n: int, seed: int, size: int) -> list[ReceivedImage]:
         body = {"prompt": prompt, "n": n, "size": f"{size}x{size}", "response_format": "b64_json", "seed": seed}
         r = await self._send("POST", "/v1/images/generations", json=body, timeout=self.settings.ui_http_timeout_s)
         try:
-            return [GeneratedImage(base64.b64decode(d["b64_json"]), int(d["seed"])) for d in r.json()["data"]]
+            return [ReceivedImage(base64.b64decode(d["b64_json"]), int(d["seed"])) for d in r.json()["data"]]
         except (ValueError, KeyError, TypeError) as e:
             raise ServiceError("The 3D service sent images the studio cannot read.") from e
 
@@ -314,7 +341,7 @@ class Services:
 
     def __init__(self, settings: Settings) -> None:
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(settings.ui_http_timeout_s, connect=5.0))
-        self.llm = LLMClient(settings.llm_root + "/v1", settings, self.http)
+        self.llm = LLMClient(settings.llm_root, settings, self.http)
         self.trellis = TrellisClient(settings.trellis_root, settings, self.http)
 
     async def aclose(self) -> None:

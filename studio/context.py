@@ -42,6 +42,11 @@ class StudioContext:
             self._services, self._services_loop = Services(self.settings), loop
         return self._services
 
+    @property
+    def last_health(self) -> HealthSnapshot | None:
+        """The latest health snapshot without waiting for a fresh one (None before the first)."""
+        return self._health
+
     async def health(self, *, max_age_s: float | None = None) -> HealthSnapshot:
         """Both services' readiness, refreshed when older than `max_age_s` (default: half the poll interval)."""
         max_age = self.settings.ui_status_interval_s / 2 if max_age_s is None else max_age_s

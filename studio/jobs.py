@@ -12,8 +12,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from servicekit.protocol import MAX_SEED
 from studio.clients import ContentFiltered, ServiceError
 from studio.context import StudioContext
+from studio.status import part_state
 from studio.workspace import JobProgress, ModelRef, Scene, SceneObject
 
 
@@ -22,7 +24,7 @@ def job_params(
 ) -> dict[str, Any]:
     """The 3D settings as the jobs API wants them (seed 0 = let the service choose)."""
     return {
-        "seed": max(0, int(seed or 0)),
+        "seed": min(max(0, int(seed or 0)), MAX_SEED),
         "ss_sampling_steps": int(ss_steps),
         "slat_sampling_steps": int(slat_steps),
         "ss_cfg_scale": float(ss_cfg),
@@ -44,9 +46,14 @@ async def generate_3d(
     ctx: StudioContext, scene_id: str, object_ids: list[str] | None, params: dict[str, Any]
 ) -> AsyncIterator[Scene]:
     """Submit a 3D job per card (all cards with an image and no model when none are given) and follow each job,
-    yielding whenever a card's queue position, stage, percent or outcome changes."""
+    yielding the scene as it is first (so a caller always has one, even with nothing to do), then whenever a card's
+    queue position, stage, percent or outcome changes."""
     ctx.cancelled.discard(scene_id)
     scene = ctx.workspace.load(scene_id)
+    yield scene
+    textured, _ = part_state((await ctx.health()).trellis, "texture")
+    if not textured:  # the 3D service cannot bake textures here (the header says why): ask for what it can make
+        params = {**params, "no_texture": True}
     targets = [(o.id, o.image.file) for o in scene.objects if _wants_3d(o, object_ids) and o.image]
     active: dict[str, str] = {}  # object id -> job id
     for object_id, image_file in targets:

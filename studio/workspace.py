@@ -73,7 +73,9 @@ class SceneObject(BaseModel):
     model: ModelRef | None = None
 
 
-class ChatMessage(BaseModel):
+class ChatRecord(BaseModel):
+    """One message of the scene's chat as scene.json keeps it (the LLM's wire message is another type)."""
+
     role: Literal["user", "assistant"]
     content: str
 
@@ -86,7 +88,7 @@ class Scene(BaseModel):
     updated: float = Field(default_factory=time.time)
     request: str = ""
     objects: list[SceneObject] = Field(default_factory=list)
-    chat: list[ChatMessage] = Field(default_factory=list)
+    chat: list[ChatRecord] = Field(default_factory=list)
 
     def find(self, object_id: str) -> SceneObject | None:
         return next((o for o in self.objects if o.id == object_id), None)

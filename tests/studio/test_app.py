@@ -9,7 +9,7 @@ from pydantic import SecretStr
 
 import app as studio_app
 from config import Settings
-from studio.cards import GPU
+from studio.events import GPU
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,28 @@ def test_named_endpoints_drive_a_whole_scene(demo: object) -> None:
         "new_scene",
         "open_scene",
     } <= names
+
+
+# Scripts and tests call these through gradio_client: their parameters (in order) and number of outputs are a contract.
+NAMED_ENDPOINTS = {
+    "/chat": (["history"], 2),
+    "/generate_images": ([], 1),
+    "/generate_3d": (["seed", "ss_steps", "slat_steps", "ss_cfg", "slat_cfg", "no_texture"], 1),
+    "/cancel_3d": ([], 0),
+    "/export": ([], 2),
+    "/scene": ([], 1),
+    "/new_scene": ([], 2),
+    "/open_scene": (["scene_id"], 2),
+}
+
+
+def test_named_endpoints_keep_their_parameters(demo: object) -> None:
+    endpoints = demo.get_api_info()["named_endpoints"]  # type: ignore[attr-defined]
+    found = {
+        name: ([p["parameter_name"] for p in endpoints[name]["parameters"]], len(endpoints[name]["returns"]))
+        for name in NAMED_ENDPOINTS
+    }
+    assert found == NAMED_ENDPOINTS
 
 
 def test_gpu_bound_events_share_one_concurrency_group(demo: object) -> None:

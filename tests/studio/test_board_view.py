@@ -8,11 +8,12 @@ from pathlib import Path
 import gradio as gr
 
 from config import Settings
-from studio.cards import board_updates, card_header, model_status, scene_payload
+from studio.board_slots import board_updates
+from studio.board_view import SLOT_OUTPUTS, board_changes, card_header, model_status, preview_choices, preview_files
 from studio.clients import Health
 from studio.context import HealthSnapshot, StudioContext
 from studio.status import gates, header_html
-from studio.workspace import ImageRef, JobProgress, Scene, SceneObject
+from studio.workspace import ImageRef, JobProgress, ModelRef, Scene, SceneObject, Workspace
 
 READY = Health("ready", "ready", 0, {"backends": {"imagegen": {"state": "ready", "detail": "ok"}}})
 
@@ -75,13 +76,36 @@ def test_board_updates_send_only_changes(tmp_path: Path) -> None:
         state="ready",
         image=ImageRef(file="images/obj-00000001-1.png", seed=1),
     )
-    data = scene_payload(scene_with(obj))
-    first, shown = board_updates(ctx, data, {}, 2)
+    first, shown = board_updates(ctx.workspace, scene_with(obj), {}, 2)
     assert len(first) == 2 * 9
     assert first[0]["visible"] is True and first[4]["value"] == "a lamp"
     assert first[9] == gr.skip() or first[9]["visible"] is False  # second slot hidden
 
     obj.model_state, obj.job = "running", JobProgress(id="j", progress=0.5)
-    again, _ = board_updates(ctx, scene_payload(scene_with(obj)), shown, 2)
+    again, _ = board_updates(ctx.workspace, scene_with(obj), shown, 2)
     assert again[4] == gr.skip()  # the prompt is untouched: typing survives progress ticks
     assert again[2]["value"].count("running") == 1 and again[8]["visible"] is True  # header, cancel button
+
+
+def test_board_changes_are_plain_props_and_none_where_unchanged(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    obj = SceneObject(id="obj-00000001", name="Lamp", prompt="a lamp")
+    changes, shown = board_changes(ws, scene_with(obj), {}, 2)
+    assert changes[SLOT_OUTPUTS.index("prompt")] == {"value": "a lamp"}
+    assert changes[SLOT_OUTPUTS.index("to_3d")] == {"interactive": False}  # no image yet
+    assert changes[len(SLOT_OUTPUTS)] == {"visible": False}  # the second slot stays hidden
+    again, same = board_changes(ws, scene_with(obj), shown, 2)
+    assert again == [None] * (2 * len(SLOT_OUTPUTS)) and same == shown
+
+
+def test_preview_keeps_its_choice_while_the_object_exists(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    chair = SceneObject(id="obj-00000001", name="Chair", prompt="p", image=ImageRef(file="images/c-1.png", seed=1))
+    chair.model = ModelRef(file="models/c-1.glb")
+    lamp = SceneObject(id="obj-00000002", name="Lamp", prompt="p")
+    scene = scene_with(chair, lamp)
+    assert preview_choices(scene, chair.id) == ([("Chair", chair.id), ("Lamp", lamp.id)], chair.id)
+    assert preview_choices(scene, "obj-deleted")[1] is None and preview_choices(None, chair.id) == ([], None)
+    folder = ws.scene_dir(scene.id)
+    assert preview_files(ws, scene, chair.id) == [str(folder / "images/c-1.png"), str(folder / "models/c-1.glb")]
+    assert preview_files(ws, scene, lamp.id) == preview_files(ws, None, lamp.id) == [None, None]

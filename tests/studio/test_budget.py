@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from config import Settings
-from studio.budget import Count, api_root, estimate_prompt_tokens, models_context, without_oldest_turn
+from studio.budget import Count, estimate_prompt_tokens, models_context, without_oldest_turn
 from studio.chat import chat_turn
 from studio.clients import PromptTooLong, Services
 from studio.context import StudioContext
@@ -59,11 +59,6 @@ def test_models_context_takes_the_served_entry_else_the_first() -> None:
     assert models_context({"data": [{"id": "served"}]}, "served") is None
     assert models_context({"data": [{"id": "served", "max_model_len": 0}]}, "served") is None
     assert models_context({"object": "list"}, "served") is None
-
-
-def test_api_root_drops_trailing_v1() -> None:
-    assert api_root("http://h:1/v1") == api_root("http://h:1/v1/") == "http://h:1"
-    assert api_root("http://h:1/llm") == "http://h:1/llm"
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from config import Settings
+from servicekit.protocol import MAX_SEED
 from studio import board, jobs
 from studio.chat import chat_turn, flatten_history
 from studio.clients import ContentFiltered, ServiceError
@@ -115,6 +116,13 @@ def test_images_fill_in_card_by_card(make_ctx: Any, services: Any) -> None:
     )
 
 
+def test_random_seeds_span_what_the_services_accept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(board.secrets, "randbelow", lambda n: n - 1)
+    assert board.random_seed() == MAX_SEED
+    monkeypatch.setattr(board.secrets, "randbelow", lambda n: 0)
+    assert board.random_seed() == 1  # never 0, which asks the service to pick a seed
+
+
 def test_filtered_prompt_shows_the_reason_and_other_cards_continue(make_ctx: Any, services: Any) -> None:
     ctx = make_ctx()
     scene = plan_scene(ctx, services)
@@ -211,7 +219,7 @@ def test_lost_3d_service_ends_the_wait_with_a_message(make_ctx: Any, services: A
     async def run() -> None:
         async for s in jobs.generate_3d(ctx, scene.id, None, jobs.job_params(0, 12, 12, 7.5, 3, False)):
             if all(o.job for o in s.objects):
-                ctx.services.trellis.base_url = "http://127.0.0.1:9"  # the service goes away mid-batch
+                ctx.services.trellis.root = "http://127.0.0.1:9"  # the service goes away mid-batch
                 ctx.settings.ui_http_retries = 0
 
     asyncio.run(asyncio.wait_for(run(), 30))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.workspace import SCHEMA_VERSION, JobProgress, SceneObject, Workspace, check_id
+from studio.workspace import SCHEMA_VERSION, ChatRecord, JobProgress, SceneObject, Workspace, check_id
 from tests.studio.conftest import png_bytes
 
 
@@ -125,3 +125,20 @@ def test_newer_schema_is_refused_with_a_message(ws: Workspace) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="newer studio"):
         ws.load(scene.id)
+
+
+def test_a_scene_file_from_schema_1_still_loads_and_saves_the_same(ws: Workspace) -> None:
+    """scene_v1.json was written by the studio before its chat messages were called ChatRecord."""
+    old = json.loads((Path(__file__).parent / "scene_v1.json").read_text())
+    folder = ws.scene_dir(old["id"])
+    folder.mkdir(parents=True)
+    (folder / "scene.json").write_text(json.dumps(old))
+    scene = ws.load(old["id"])
+    assert scene.chat == [
+        ChatRecord(role="user", content="a cozy reading corner"),
+        ChatRecord(role="assistant", content="Here is a plan"),
+    ]
+    assert [o.model_state for o in scene.objects] == ["ready", "running"] and scene.objects[1].job is not None
+    ws.save(scene)
+    again = json.loads((folder / "scene.json").read_text())
+    assert again == {**old, "updated": again["updated"]}
