@@ -24,7 +24,7 @@ import gradio as gr
 from studio import board, jobs
 from studio.board_view import SLOT_OUTPUTS, board_changes
 from studio.context import StudioContext
-from studio.events import GPU, SceneOut, bind, once, stream_scene
+from studio.events import GPU, SceneOut, bind, once, stream_3d, stream_scene
 from studio.workspace import Scene, Workspace
 
 CARDS_PER_ROW = 3
@@ -64,8 +64,7 @@ async def make_model(
     slat_cfg: float,
     no_texture: bool,
 ) -> AsyncIterator[SceneOut]:
-    params = jobs.job_params(int(seed or 0), int(ss_steps), int(slat_steps), ss_cfg, slat_cfg, no_texture)
-    async for value in stream_scene(jobs.generate_3d(ctx, sid, [oid], params)):
+    async for value in stream_3d(ctx, sid, [oid], seed, ss_steps, slat_steps, ss_cfg, slat_cfg, no_texture):
         yield value
 
 

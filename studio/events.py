@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import board
+from studio import board, jobs
 from studio.context import StudioContext
 from studio.workspace import Scene
 
@@ -81,3 +81,20 @@ def bind(fn: Callable[..., Any], ctx: StudioContext) -> Callable[..., Any]:
     handler.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     handler.__annotations__ = {k: v for k, v in fn.__annotations__.items() if k != ctx_param.name}
     return handler
+
+
+async def stream_3d(
+    ctx: StudioContext,
+    sid: str,
+    object_ids: list[str] | None,
+    seed: float,
+    ss_steps: float,
+    slat_steps: float,
+    ss_cfg: float,
+    slat_cfg: float,
+    no_texture: bool,
+) -> AsyncIterator[SceneOut]:
+    """3D jobs for the given cards (None: every card with an image and no model) from the page's 3D settings."""
+    params = jobs.job_params(int(seed or 0), int(ss_steps), int(slat_steps), ss_cfg, slat_cfg, no_texture)
+    async for value in stream_scene(jobs.generate_3d(ctx, sid, object_ids, params)):  # the scene as it is first
+        yield value

@@ -19,7 +19,7 @@ from studio.board_slots import board_updates
 from studio.board_view import preview_choices, preview_files
 from studio.chat import chat_turn, flatten_history
 from studio.context import HealthSnapshot, StudioContext
-from studio.events import Payload, SceneOut, scene_of, scene_out, stream_scene
+from studio.events import Payload, SceneOut, scene_of, scene_out, stream_3d, stream_scene
 from studio.export import export_scene
 from studio.status import gates, header_html
 from studio.workspace import Scene, Workspace
@@ -129,8 +129,7 @@ async def generate_all_3d(
 ) -> AsyncIterator[SceneOut]:
     """Every card with an image and no model yet; named parameters so API clients can pass them by name."""
     sid = require(ctx.workspace, sid)
-    params = jobs.job_params(int(seed or 0), int(ss_steps), int(slat_steps), ss_cfg, slat_cfg, no_texture)
-    async for value in stream_scene(jobs.generate_3d(ctx, sid, None, params)):  # the scene as it is comes first
+    async for value in stream_3d(ctx, sid, None, seed, ss_steps, slat_steps, ss_cfg, slat_cfg, no_texture):
         yield value
 
 
