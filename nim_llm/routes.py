@@ -24,6 +24,7 @@ async def ready(request: Request) -> JSONResponse:
     facts = request.app.state.vram.health_fields()
     # On the 16gb/24gb profiles answers queue while a 3D stage has the GPU; clients see why they wait.
     facts["waiting_for_gpu"] = bool(model.engine and model.engine.waiting_for_gpu)
+    facts.update(model=model.model_id, note=model.note)
     status = "ready" if model.ready else "error" if model.status == "failed" else "loading"
     return ready_response(status, model.reason, request.app.state.settings.llm_retry_after_s, **facts)
 

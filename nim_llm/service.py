@@ -36,6 +36,7 @@ class LoadState:
     reason: str = "The model is loading."
     engine: Engine | None = None
     model_id: str = ""
+    note: str = ""  # what a user should know about the model that answers (the bundled demo model, a fallback)
 
     @property
     def ready(self) -> bool:

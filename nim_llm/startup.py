@@ -10,6 +10,7 @@ import logging
 import threading
 from typing import Any
 
+import config
 from config import Settings
 from nim_llm.engine import Engine
 from nim_llm.sampling import SamplingParams
@@ -19,15 +20,18 @@ from servicekit.vram import VramPlan
 from servicekit.vram_lease import lease_for
 
 log = logging.getLogger("nim_llm.startup")
+# Shown with the ready status (and in the studio's header) while the bundled model answers.
+DEMO_NOTE = "The bundled SmolLM2-135M is answering: demo quality, so scene plans are simple and repetitive."
 WARMUP_MESSAGES = [{"role": "user", "content": "Hello!"}]
 
 
 def start_model(settings: Settings, plan: VramPlan, state: LoadState, engine: Engine | None = None) -> None:
     try:
         if engine is None:
-            state.reason = f"Loading {settings.llm_model} and preparing its decode shapes ..."
-            engine = build_engine(settings, plan)
+            engine = load_engine(settings, plan, state)
         state.model_id = engine.model_id or state.model_id
+        if state.model_id == config.BUILTIN_SMOLLM2 and not state.note:
+            state.note = DEMO_NOTE
         engine.start()
         state.engine = engine
         state.reason = "Warming up ..."
@@ -40,11 +44,29 @@ def start_model(settings: Settings, plan: VramPlan, state: LoadState, engine: En
     log.info("ready: %s (context %d)", state.model_id, engine.max_context)
 
 
-def build_engine(settings: Settings, plan: VramPlan) -> Engine:
-    """The model loaded as `plan` says, in the engine LLM_ENGINE picks, sized by the settings within the plan."""
+def load_engine(settings: Settings, plan: VramPlan, state: LoadState) -> Engine:
+    """LLM_MODEL's engine, or LLM_FALLBACK_MODEL's when LLM_MODEL cannot be loaded (said in the ready body)."""
+    from nim_llm.loading import ModelLoadError
+
+    state.reason = f"Loading {settings.llm_model} and preparing its decode shapes ..."
+    try:
+        return build_engine(settings, plan)
+    except ModelLoadError as err:
+        fallback = settings.llm_fallback_model
+        if not fallback:
+            raise
+        log.warning("%s; loading the fallback model %s instead", err, fallback)
+        state.reason = f"Loading {fallback}: {settings.llm_model} could not be loaded ..."
+        state.note = f"{DEMO_NOTE} {settings.llm_model} could not be loaded: {err}"
+        return build_engine(settings, plan, model_id=fallback)
+
+
+def build_engine(settings: Settings, plan: VramPlan, model_id: str | None = None) -> Engine:
+    """The model (default LLM_MODEL) loaded as `plan` says, in the engine LLM_ENGINE picks, sized by the settings
+    within the plan."""
     from nim_llm.loading import load_model
 
-    loaded = load_model(settings, plan)
+    loaded = load_model(settings, plan, model_id)
     size = plan.llm_size(settings)
     slots = size.max_batch_size
     batch, max_context = None, loaded.max_context

@@ -81,8 +81,13 @@ def needs(s: Settings) -> list[Need]:
         if s.safety_fail_closed
         else "that safety check is skipped with a warning (SAFETY_FAIL_CLOSED=false)"
     )
+    llm = (
+        f"the LLM service falls back to {s.llm_fallback_model} (LLM_FALLBACK_MODEL)"
+        if s.llm_fallback_model
+        else "the LLM service will not be ready"
+    )
     out = [
-        Need("LLM_MODEL", str(s.llm_model), "the LLM service will not be ready"),
+        Need("LLM_MODEL", str(s.llm_model), llm),
         Need(
             "IMAGEGEN_MODEL",
             str(s.imagegen_model or ""),

@@ -68,11 +68,17 @@ def header_html(h: HealthSnapshot) -> str:
         if can_draw or h.trellis.state != "ready"
         else (f' <span style="color:#9a6700">(images: {html.escape(why)}; upload your own images instead)</span>')
     )
-    note += _parts_note(h.trellis)
+    note += _parts_note(h.trellis) + _llm_note(h.llm)
     # Small-GPU profiles: chat answers queue while a 3D stage has the GPU; say so rather than look stuck.
     turn = " · waiting for the GPU while a 3D step runs" if h.llm.details.get("waiting_for_gpu") else ""
     pills = f"{_pill('LLM', h.llm, turn)}{_pill('3D', h.trellis, queue)}"
     return f'<div id="status-header">{pills}{note}{vram_note(h)}</div>'
+
+
+def _llm_note(llm: Health) -> str:
+    """What the LLM service says users should know about the model answering (the bundled demo model)."""
+    note = str(llm.details.get("note") or "") if llm.state == "ready" else ""
+    return f' <span class="llm-note" style="color:#9a6700">({html.escape(note)})</span>' if note else ""
 
 
 def _parts_note(trellis: Health) -> str:

@@ -27,7 +27,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     ("profile", "llm", "backend"),
     [
         ("gpu", "meta-llama/Llama-3.1-8B-Instruct", "trellis"),
-        ("cpu", config.BUILTIN_SMOLLM2, "relief"),
+        ("cpu", "Qwen/Qwen2.5-0.5B-Instruct", "relief"),
         ("tiny", config.BUILTIN_TINY_LLM, "relief"),
     ],
 )
@@ -36,6 +36,8 @@ def test_profile_picks_defaults(monkeypatch: pytest.MonkeyPatch, profile: str, l
     s = make()
     assert (s.profile, s.llm_model, s.backend_3d) == (profile, llm, backend)
     assert s.safety_fail_closed is (profile != "cpu")
+    # Only the cpu profile falls back, to the bundled model; elsewhere a model that cannot load is said plainly.
+    assert s.llm_fallback_model == (config.BUILTIN_SMOLLM2 if profile == "cpu" else "")
 
 
 def test_explicit_env_overrides_profile_default(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -71,3 +71,12 @@ def test_cpu_profile_rejects_tools_when_template_has_none(cpu_server) -> None:
             model=SERVED, messages=[{"role": "user", "content": "hi"}], tools=tools
         )
     assert err.value.body["param"] == "tools"
+
+
+def test_cpu_profile_says_the_bundled_model_is_demo_quality(cpu_server) -> None:
+    """The cpu profile's own model (Qwen2.5-0.5B) is not downloaded here, so the bundled SmolLM2 answers, and says so."""
+    import httpx
+
+    ready = httpx.get(cpu_server.url + "/health/ready").json()
+    assert ready["status"] == "ready" and ready["model"] == "builtin:smollm2"
+    assert "demo quality" in ready["note"] and "Qwen/Qwen2.5-0.5B-Instruct could not be loaded" in ready["note"]

@@ -147,3 +147,14 @@ def test_not_ready_says_how_to_set_token_when_gated_model_without_token(make_set
         ready = _ready_message(server.url, "HF_TOKEN")
         assert ready.status_code == 503
         assert "HF_TOKEN" in ready.json()["message"]
+
+
+def test_fallback_model_answers_and_the_ready_body_says_why(make_settings, tmp_path) -> None:
+    settings = make_settings(
+        llm_model=str(tmp_path / "missing-model"), llm_fallback_model="builtin:tiny-llama", hf_hub_offline=True
+    )
+    with running_server(settings) as server:
+        ready = httpx.get(f"{server.url}/health/ready").json()
+        assert ready["status"] == "ready" and ready["model"] == "builtin:tiny-llama"
+        assert "missing-model could not be loaded" in ready["note"]
+        assert httpx.post(f"{server.url}/chat/completions", json=GOOD).status_code == 200

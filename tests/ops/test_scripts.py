@@ -87,7 +87,8 @@ def test_fetch_offline_reports_cached_and_missing_models_plainly(tmp_path: Path)
     assert "ok      SAFETY_PROMPT_MODEL=ezb/NSFW-Prompt-Detector: found in cache" in out.stdout
     assert "MISSING SAFETY_IMAGE_MODEL=Falconsai/nsfw_image_detection" in out.stdout
     assert (
-        "MISSING LLM_MODEL=/nowhere/llm: local path does not exist -> the LLM service will not be ready" in out.stdout
+        "MISSING LLM_MODEL=/nowhere/llm: local path does not exist -> the LLM service falls back to builtin:smollm2 "
+        "(LLM_FALLBACK_MODEL)" in out.stdout
     )
     strict = run_script([sys.executable, "scripts/fetch_models.py", "--strict"], env)
     assert strict.returncode == 1
