@@ -7,6 +7,10 @@ forward over all rows with an attention mask (padding masked out) and per-row po
 running each sequence alone. Copies happen only on join and leave, not per step. It is correct for any
 full-attention decoder in transformers; `slots.SlotBatch` (static cache, compiled CUDA-graphed steps) replaces
 this class on GPU behind the same methods.
+
+A step feeds each row every output token its cache does not hold yet: one sampled token, plus the tokens a
+grammar forced after it (`Sequence.fast_forward`). Rows with fewer new tokens are padded on the left inside the
+step (masked, so the padding is invisible to attention), which keeps all rows ending at the same column.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class PaddedBatch:
+    multi_token = True  # a step can feed several new tokens of a row (grammar fast-forward)
+
     def __init__(self, model: Any) -> None:
         self.model = model
         self.cache_arg = cache_argument(model)
@@ -50,6 +56,7 @@ class PaddedBatch:
     def admit(self, seqs: list[Sequence]) -> Iterator[tuple[Sequence, Callable[[], int]]]:
         """Each new sequence with the function that prefills it alone and picks its first token."""
         for seq in seqs:
+            seq.take_forced()  # a grammar's forced opening (`{"key": "`) is prefilled with the prompt
             yield seq, (lambda seq=seq: seq.choose(self.prefill(seq)))
 
     def pick(self, logits: torch.Tensor) -> list[int | None]:
@@ -57,23 +64,35 @@ class PaddedBatch:
         return [None] * len(self.seqs)
 
     def prefill(self, seq: Sequence) -> torch.Tensor:
-        """Run `seq`'s prompt alone, join the batch with its cache; returns the logits for its first token."""
-        ids = torch.tensor([seq.prompt_ids], device=self.model.device)
+        """Run `seq`'s prompt (and any forced output) alone, join the batch with its cache; returns the logits for
+        its next token."""
+        ids = torch.tensor([seq.prompt_ids + seq.output_ids], device=self.model.device)
         out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        seq.cached_outputs = len(seq.output_ids)
         self._join(seq, output_cache(out), torch.ones_like(ids))
         return out.logits[0, -1]
 
     def step(self) -> torch.Tensor:
         """One decode step for every row; returns logits [batch, vocab]."""
         device = self.model.device
-        ids = torch.tensor([[s.output_ids[-1]] for s in self.seqs], device=device)
-        positions = torch.tensor([[s.next_position] for s in self.seqs], device=device)
+        new = [s.output_ids[s.cached_outputs :] for s in self.seqs]
+        width = max(len(n) for n in new)
+        ids, mask, positions = [], [], []
+        for seq, tokens in zip(self.seqs, new, strict=True):
+            pad = width - len(tokens)
+            first = len(seq.prompt_ids) + seq.cached_outputs  # position of the row's first new token
+            ids.append([tokens[0]] * pad + tokens)
+            mask.append([0] * pad + [1] * len(tokens))
+            positions.append([first] * pad + list(range(first, first + len(tokens))))
+            seq.cached_outputs = len(seq.output_ids)
+        ids_t = torch.tensor(ids, device=device)
+        positions_t = torch.tensor(positions, device=device)
         assert self.mask is not None
-        self.mask = torch.cat([self.mask, torch.ones_like(ids)], dim=1)
+        self.mask = torch.cat([self.mask, torch.tensor(mask, dtype=self.mask.dtype, device=device)], dim=1)
         out = self.model(
-            input_ids=ids,
+            input_ids=ids_t,
             attention_mask=self.mask,
-            position_ids=positions,
+            position_ids=positions_t,
             use_cache=True,
             logits_to_keep=1,
             **{self.cache_arg: self.cache},

@@ -124,6 +124,8 @@ class Engine:
             deadline=time.monotonic() + self.request_timeout_s,
             device=self.model.device,
             constraint=constraint,
+            # Forced tokens skip sampling, so they have no logprobs to report: those requests step one by one.
+            fast_forward=getattr(self._batch, "multi_token", False) and not params.logprobs,
         )
         with self._wake:
             if len(self._waiting) >= self.max_queue:
@@ -195,6 +197,8 @@ class Engine:
         return False
 
     def _advance(self, seq: Sequence, pick: Callable[[], int]) -> None:
+        if seq.finished:  # a grammar can force a whole answer before the first model step
+            return
         # A failure that belongs to one sequence (its prompt, its grammar) fails that sequence only.
         try:
             seq.append(pick())

@@ -58,7 +58,11 @@ class Sequence:
     deadline: float
     device: torch.device
     constraint: Constraint | None = None
+    # Take the tokens a grammar forces without a model step each (`structured.Constraint.fast_forward`); only
+    # for batches that feed several new tokens of a row in one step.
+    fast_forward: bool = False
     output_ids: list[int] = field(default_factory=list)
+    cached_outputs: int = 0  # output tokens the batch's KV cache holds (the rest are fed at the next step)
     cancelled: bool = False
     finished: bool = False
     submitted_at: float = field(default_factory=time.monotonic)
@@ -95,7 +99,23 @@ class Sequence:
         return token_id
 
     def append(self, token_id: int) -> None:
-        """Add a chosen token; emits text and, when the sequence ends, the finish event."""
+        """Add a chosen token, then any the grammar forces after it; emits text and, when the sequence ends, the
+        finish event."""
+        self._add(token_id)
+        self.take_forced()
+
+    def take_forced(self) -> None:
+        """Append the tokens the grammar forces next, when this sequence fast-forwards."""
+        if self.finished or not self.fast_forward or self.constraint is None:
+            return
+        forced = self.constraint.fast_forward()  # already consumed by the grammar, so it may be done already
+        for i, token_id in enumerate(forced, start=1):
+            self._add(token_id, more=i < len(forced))
+
+    def _add(self, token_id: int, *, more: bool = False) -> None:
+        """`more`: further forced tokens follow, so the grammar being done does not end the sequence yet."""
+        if self.finished:
+            return
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
         self.output_ids.append(token_id)
@@ -103,7 +123,7 @@ class Sequence:
             self.finish("stop")
             return
         self._text += self._decode_delta(token_id)
-        if self._cut_at_stop() or (self.constraint is not None and self.constraint.done):
+        if self._cut_at_stop() or (not more and self.constraint is not None and self.constraint.done):
             self.finish("stop")
         elif len(self.output_ids) >= self.params.max_tokens:
             self.finish("length")

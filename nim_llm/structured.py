@@ -12,6 +12,13 @@ instead. So a constrained choice ends by the grammar (finish_reason `stop`) with
 `length`. Strings and arrays may be cut short by the closer near the budget: that is the price of the
 guarantee, and the only change versus free sampling.
 
+Fast-forward: text the grammar leaves no choice about (the next key of a fixed-order object, `", "` between
+fields, the closer's whole plan) needs no sampling. With `fast_forward()` a sequence takes those tokens at once
+and the eager engine feeds them to the model together in its next step, so a JSON answer's keys cost no model
+steps of their own (measured with SmolLM2 on a 12-key-an-object scene plan: 236 tokens in 159 steps, 10.8 s
+instead of 19.1 s on 2 cores). A forced run stops before an opening quote, which may merge with the string's
+first characters into one token: that choice stays the model's.
+
 Compiled grammars are cached per canonical schema; each request gets a cheap deep copy of the cached matcher.
 """
 
@@ -72,6 +79,20 @@ class Constraint:
             raise RuntimeError("structured output: no way to close the JSON value within the budget")
         self.closing, self.plan = True, plan
         return self._consume(self.plan.pop(0))
+
+    def fast_forward(self) -> list[int]:
+        """Consume and return the tokens that must come next whatever the model would pick: the closer's
+        remaining plan while closing, else the grammar's forced tokens. They are a prefix of every way to close
+        the value, so taking them keeps the budget invariant."""
+        if self.closing:
+            forced, self.plan, self.closing = self.plan, [], False
+        elif self.done:
+            return []
+        else:
+            forced = list(self.matcher.compute_ff_tokens())
+        for token_id in forced:
+            self._consume(token_id)
+        return forced
 
     def _consume(self, token_id: int) -> int:
         if not self.matcher.consume_token(token_id):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import jsonschema
 import pytest
 
 from tests.llm.conftest import SERVED, Server, ask, running_server
+from tests.llm.test_chat import PLAN_SCHEMA
 
 
 def _wait_for(condition, timeout_s: float = 10.0, interval_s: float = 0.02) -> bool:
@@ -58,6 +61,42 @@ def test_batched_output_matches_alone_when_greedy(tiny_server: Server) -> None:
             pool.map(lambda p: ask(client, p, max_tokens=40, temperature=0).choices[0].message.content, prompts)
         )
     assert together == alone
+
+
+def test_free_text_matches_alone_when_batched_with_fast_forwarded_json(tiny_server: Server) -> None:
+    """A json_schema answer feeds several forced tokens in one step; the free-text rows batched with it (padded
+    inside that step) must decode exactly as they do alone."""
+    client = tiny_server.client()
+    fmt = {"type": "json_schema", "json_schema": {"name": "plan", "schema": PLAN_SCHEMA, "strict": True}}
+    prompts = ["a", "hello there, a longer prompt"]
+    alone = [ask(client, p, max_tokens=40, temperature=0).choices[0].message.content for p in prompts]
+
+    def plan(seed: int) -> str:
+        return ask(client, "Plan a kitchen.", max_tokens=120, seed=seed, response_format=fmt).choices[0].message.content
+
+    with ThreadPoolExecutor(4) as pool:
+        plans = [pool.submit(plan, seed) for seed in (1, 2)]
+        together = list(
+            pool.map(lambda p: ask(client, p, max_tokens=40, temperature=0).choices[0].message.content, prompts)
+        )
+    assert together == alone
+    for future in plans:
+        jsonschema.validate(json.loads(future.result()), PLAN_SCHEMA)
+
+
+def test_json_answer_takes_fewer_model_steps_than_tokens(tiny_server: Server) -> None:
+    """Keys and punctuation a schema forces are fed to the model together, not one step each."""
+    engine = tiny_server.app.state.model.engine
+    model = engine.model
+    calls = [0]
+    hook = model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        fmt = {"type": "json_schema", "json_schema": {"name": "plan", "schema": PLAN_SCHEMA, "strict": True}}
+        r = ask(tiny_server.client(), "Plan a kitchen.", max_tokens=120, seed=3, response_format=fmt)
+    finally:
+        hook.remove()
+    jsonschema.validate(json.loads(r.choices[0].message.content), PLAN_SCHEMA)
+    assert calls[0] < r.usage.completion_tokens
 
 
 @pytest.fixture(scope="module")

@@ -41,27 +41,42 @@ def grammars() -> GrammarCache:
     return GrammarCache(tokenizer, len(tokenizer), [tokenizer.eos_token_id], max_entries=8, max_close_tokens=256)
 
 
-def _random_walk(grammars: GrammarCache, key: str, budget: int, rng: random.Random) -> list[int]:
+def _random_walk(
+    grammars: GrammarCache, key: str, budget: int, rng: random.Random, *, fast_forward: bool = False
+) -> list[int]:
     constraint = grammars.new_constraint(key)
-    out: list[int] = []
+    out: list[int] = constraint.fast_forward() if fast_forward else []
     while not constraint.done and len(out) < budget:
         token = int(rng.choice(np.flatnonzero(constraint.allowed().numpy())))
         token = constraint.commit(token, budget - len(out) - 1)
         if token in grammars.eos_ids:
             break
         out.append(token)
+        if fast_forward:
+            out += constraint.fast_forward()
     return out
 
 
+@pytest.mark.parametrize("fast_forward", [False, True], ids=["step-by-step", "fast-forward"])
 @pytest.mark.parametrize("schema", SCHEMAS, ids=["plan", "any-object", "string-array", "number-bool-pattern"])
-def test_random_tokens_end_in_valid_json_when_constrained(grammars: GrammarCache, schema: dict) -> None:
+def test_random_tokens_end_in_valid_json_when_constrained(
+    grammars: GrammarCache, schema: dict, fast_forward: bool
+) -> None:
     key = grammars.compile(schema, "schema")
     rng = random.Random(0)
     for _ in range(12):
         budget = grammars.min_tokens(key) + rng.choice([0, 1, 5, 20, 80])
-        out = _random_walk(grammars, key, budget, rng)
+        out = _random_walk(grammars, key, budget, rng, fast_forward=fast_forward)
         assert len(out) <= budget
         jsonschema.validate(json.loads(grammars.hf_tokenizer.decode(out)), schema)
+
+
+def test_fast_forward_takes_forced_keys_at_once(grammars: GrammarCache) -> None:
+    """After the opening, a fixed-order object's key is forced: it comes without sampling."""
+    key = grammars.compile(SCHEMAS[0], "schema")
+    constraint = grammars.new_constraint(key)
+    opening = grammars.hf_tokenizer.decode(constraint.fast_forward())
+    assert opening.startswith('{"scene":')
 
 
 def test_compile_reuses_grammar_when_same_schema(grammars: GrammarCache) -> None:
