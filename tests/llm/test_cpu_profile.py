@@ -74,7 +74,7 @@ def test_cpu_profile_rejects_tools_when_template_has_none(cpu_server) -> None:
 
 
 def test_cpu_profile_says_the_bundled_model_is_demo_quality(cpu_server) -> None:
-    """The cpu profile's own model (Qwen2.5-0.5B) is not downloaded here, so the bundled SmolLM2 answers, and says so."""
+    """The cpu profile's own model (Qwen2.5-0.5B) is not downloaded here: the bundled SmolLM2 answers, and says so."""
     import httpx
 
     ready = httpx.get(cpu_server.url + "/health/ready").json()
