@@ -289,17 +289,46 @@ class Settings(BaseSettings):
     safety_image_model: str | None = Field(None, **_desc("Image classifier (empty = off).", "safety"))
     safety_threshold: float = Field(0.9, ge=0.0, le=1.0, **_desc("Score above which content is blocked.", "safety"))
     safety_fail_closed: bool | None = Field(
-        None, **_desc("When a safety model cannot load: refuse work (true) or allow with a warning.", "safety")
+        None,
+        **_desc(
+            "When a safety model cannot load: refuse work and moderation with 503 and the reason (true) or allow "
+            "work with a warning, moderation answering `unchecked` (false).",
+            "safety",
+        ),
     )
     safety_unsafe_labels: str = Field(
         "nsfw", **_desc("Comma-separated classifier labels that count as unsafe (case-insensitive).", "safety")
     )
+    moderation_max_inputs: int = Field(
+        32, ge=1, **_desc("Most texts one /v1/moderations call may classify; more get 400.", "safety")
+    )
     jobs_queue_size: int = Field(32, ge=1, **_desc("Most 3D/image jobs waiting; more get 429.", "3d"))
     job_timeout_s: float = Field(600.0, gt=0, **_desc("Time limit for one 3D job.", "3d"))
     job_retention_s: float = Field(86400.0, gt=0, **_desc("How long finished jobs and results are kept.", "3d"))
+    storage_min_free_mb: int = Field(
+        512,
+        ge=0,
+        **_desc(
+            "Least free space (MB) DATA_DIR must have; below it, or when nothing can be written there, the 3D "
+            "service is not ready, refuses jobs (507) and the container's healthcheck fails, each with the reason.",
+            "3d",
+        ),
+    )
+    storage_check_interval_s: float = Field(
+        5.0, gt=0, **_desc("How long one DATA_DIR storage check is trusted before the next.", "3d")
+    )
     max_image_pixels: int = Field(4096 * 4096, ge=64 * 64, **_desc("Largest input image, in pixels.", "3d"))
     max_image_bytes: int = Field(25_000_000, ge=1024, **_desc("Largest input image, in bytes.", "3d"))
-    max_prompt_chars: int = Field(1000, ge=1, **_desc("Longest image or 3D prompt.", "3d"))
+    max_prompt_chars: int = Field(
+        1000,
+        ge=1,
+        **_desc(
+            "Longest prompt of every 3D-service endpoint: 3D, jobs, image generation, each moderation input.", "3d"
+        ),
+    )
+    min_image_side: int = Field(
+        64, ge=1, **_desc("Shortest side (pixels) of an input image for 3D; smaller images get 400.", "3d")
+    )
     trellis_retry_after_s: int = Field(5, ge=1, **_desc("Retry-After seconds sent with 429 and 503.", "3d"))
     trellis_disconnect_poll_s: float = Field(
         0.5,
@@ -352,6 +381,15 @@ class Settings(BaseSettings):
     ui_http_retries: int = Field(3, ge=0, le=10, **_desc("Retries of a UI call answered 429/503 or unreachable.", "ui"))
     ui_retry_max_wait_s: float = Field(30.0, gt=0, **_desc("Longest Retry-After wait the UI honours.", "ui"))
     ui_status_interval_s: float = Field(5.0, gt=0, **_desc("How often the status header polls the services.", "ui"))
+    ui_health_failures_down: int = Field(
+        3,
+        ge=1,
+        **_desc(
+            "Health checks in a row that must fail (no answer in time, or no connection after the service was up) "
+            "before the header shows a service as down; until then a slow service shows as busy and stays usable.",
+            "ui",
+        ),
+    )
     ui_job_poll_s: float = Field(0.5, gt=0, **_desc("How often the UI polls a running 3D job.", "ui"))
     ui_gpu_concurrency: int = Field(4, ge=1, **_desc("Most GPU-bound UI events running at once (all users).", "ui"))
     ui_image_concurrency: int = Field(2, ge=1, **_desc("Image requests one board sends at once.", "ui"))

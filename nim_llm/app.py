@@ -23,6 +23,7 @@ from nim_llm.routes import health, router
 from nim_llm.service import ChatService, LoadState
 from nim_llm.startup import start_model
 from nim_llm.tokenizing import TokenizeService
+from servicekit.auth import protect_docs
 from servicekit.body_limit import BodyLimit
 from servicekit.errors import install_error_handlers
 from servicekit.metrics import metrics_router
@@ -56,7 +57,8 @@ def create_app(settings: Settings, engine: Engine | None = None, plan: VramPlan 
     app.state.tokenize = TokenizeService(settings, state)
     app.state.started = int(time.time())
     app.add_middleware(BodyLimit, limit=settings.llm_max_request_bytes, setting="LLM_MAX_REQUEST_BYTES")
-    install_error_handlers(app)
+    install_error_handlers(app, on_error=lambda _: metrics.observe_request(0, "internal_error"))
+    protect_docs(app)
     app.include_router(health)
     app.include_router(metrics_router)
     app.include_router(router)

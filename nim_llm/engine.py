@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -67,6 +68,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.max_context = max_context
+        self.max_token_chars = longest_token_chars(tokenizer)
         self.request_timeout_s = request_timeout_s
         self.idle_wait_s = idle_wait_s
         self.eos_ids = frozenset(eos_token_ids(model, tokenizer))
@@ -77,6 +79,9 @@ class Engine:
         self._lease = lease
         self.oom_advice = oom_advice
         self._waiting: collections.deque[Sequence] = collections.deque()
+        # Every sequence not yet dropped, by id: one being admitted is in neither the queue nor the batch for a
+        # moment, and a cancel must reach it too.
+        self._live: weakref.WeakValueDictionary[str, Sequence] = weakref.WeakValueDictionary()
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="nim-llm-engine", daemon=True)
@@ -131,14 +136,15 @@ class Engine:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFullError
             self._waiting.append(seq)
+            self._live[seq.id] = seq
             self._wake.notify()
         return seq.id
 
     def cancel(self, seq_id: str) -> None:
         with self._wake:
-            for seq in [*self._waiting, *self._batch.seqs]:
-                if seq.id == seq_id:
-                    seq.cancelled = True
+            seq = self._live.get(seq_id)
+            if seq is not None:
+                seq.cancelled = True
             self._wake.notify()
 
     # --- the loop -----------------------------------------------------------------------------------------
@@ -197,7 +203,7 @@ class Engine:
         return False
 
     def _advance(self, seq: Sequence, pick: Callable[[], int]) -> None:
-        if seq.finished:  # a grammar can force a whole answer before the first model step
+        if seq.finished or seq.cancelled:  # a grammar can force a whole answer before the first model step
             return
         # A failure that belongs to one sequence (its prompt, its grammar) fails that sequence only.
         try:
@@ -248,6 +254,12 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return sorted(ids)
+
+
+def longest_token_chars(tokenizer: Any) -> int:
+    """Characters in the vocabulary's longest entry: no token stands for more characters of text than that
+    (byte-level vocabularies spell one character per byte, and text has at most one character per byte)."""
+    return max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
 
 
 def logits_size(model: Any) -> int:

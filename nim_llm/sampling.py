@@ -34,6 +34,15 @@ class TokenLogprob:
     top: list[tuple[int, float]] = field(default_factory=list)
 
 
+# The seeds torch generators accept; a request's seed is validated against them (`protocol.py`).
+MIN_SAMPLER_SEED, MAX_SAMPLER_SEED = -(2**63), 2**64 - 1
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """The seed of a request's choice `index`: seed + index, wrapped into the range the samplers accept."""
+    return (seed + index) % 2**64
+
+
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)

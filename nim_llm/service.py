@@ -1,14 +1,17 @@
 """Chat-completions logic: validate a request against the loaded model, submit its choices, shape the answer.
 
 Everything that can be refused is refused before anything is queued, so a 4xx never costs model time: not
-ready (503), unknown model (404), bad content or tools (400), prompt or prompt + max_tokens over the context
-(400 naming the limit), max_tokens too small for the response_format (400), queue full (429).
+ready (503), unknown model (404), bad content or tools (400), a prompt whose characters alone cannot fit the
+context (400, before it is templated or tokenized, so a huge prompt costs no memory), prompt or prompt +
+max_tokens over the context (400 naming the limit), max_tokens too small for the response_format (400), queue
+full (429). A request whose choices cannot all be queued queues none; an unexpected failure is a counted 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,12 +21,14 @@ from config import Settings
 from nim_llm import __version__
 from nim_llm import tools as tool_calls
 from nim_llm.engine import Engine, QueueFullError
-from nim_llm.errors import APIError, bad_request, not_found, not_ready, queue_full
+from nim_llm.errors import APIError, bad_request, internal, not_found, not_ready, queue_full
 from nim_llm.metrics import Metrics
 from nim_llm.protocol import ChatCompletionRequest, ChatMessage
 from nim_llm.responses import ChoiceState, ResponseBuilder
+from nim_llm.sampling import choice_seed
 from nim_llm.sequence import ErrorEvent, Event, FinishEvent, TokenEvent
 
+log = logging.getLogger("nim_llm.service")
 IsDisconnected = Callable[[], Awaitable[bool]]
 CLIENT_GONE = "client_disconnected"  # request_failure_total reason for clients that left mid-generation
 
@@ -70,6 +75,7 @@ class ChatService:
         try:
             engine = self._ready_engine()
             self._check_model(req)
+            check_prompt_chars(req.text_chars, engine)
             # Templating a large prompt and compiling a schema take CPU time: keep them off the event loop.
             prompt_ids, tools_shown, grammar = await asyncio.to_thread(self._prepare, req, engine)
             max_tokens = self._budget(req, engine, len(prompt_ids), grammar)
@@ -77,6 +83,10 @@ class ChatService:
         except APIError as err:
             self.metrics.observe_request(0, err.code or err.type)
             raise
+        except Exception as err:
+            log.exception("chat request failed")
+            self.metrics.observe_request(0, "internal_error")
+            raise internal(f"The request failed: {type(err).__name__}") from err
         builder = ResponseBuilder(
             req,
             self.settings.llm_served_name,
@@ -155,7 +165,7 @@ class ChatService:
         sub = Submission(engine, asyncio.Queue())
         base_seed = req.seed if req.seed is not None else secrets.randbits(63)
         for index in range(req.n):
-            params = req.to_sampling_params(max_tokens=max_tokens, seed=base_seed + index, grammar=grammar)
+            params = req.to_sampling_params(max_tokens=max_tokens, seed=choice_seed(base_seed, index), grammar=grammar)
 
             def sink(event: Event, index: int = index) -> None:
                 loop.call_soon_threadsafe(sub.events.put_nowait, (index, event))
@@ -165,6 +175,9 @@ class ChatService:
             except QueueFullError:
                 sub.cancel_open()
                 raise queue_full(self.settings.llm_retry_after_s, engine.max_queue) from None
+            except BaseException:
+                sub.cancel_open()  # the choices already queued would otherwise run with nobody reading them
+                raise
             sub.open.add(index)
         return sub
 
@@ -213,6 +226,10 @@ class ChatService:
         except APIError as err:
             self.metrics.observe_request(0, err.code or err.type)
             raise
+        except Exception as err:
+            log.exception("chat request failed")
+            self.metrics.observe_request(0, "internal_error")
+            raise internal(f"The request failed: {type(err).__name__}") from err
         if sub.open:  # the client went away; its sequences are cancelled and nobody reads this answer
             self.metrics.observe_request(0, CLIENT_GONE)
             return {}
@@ -232,9 +249,13 @@ class ChatService:
             sub.cancel_open()
             self.metrics.observe_request(0, CLIENT_GONE)
             raise
-        except APIError as err:
-            self.metrics.observe_request(0, err.code or err.type)
-            yield err.to_sse()
+        except Exception as err:
+            # Mid-stream the status line is sent: the error travels as an SSE event, and the stream ends cleanly.
+            error = err if isinstance(err, APIError) else internal(f"The request failed: {type(err).__name__}")
+            if not isinstance(err, APIError):
+                log.exception("chat stream failed")
+            self.metrics.observe_request(0, error.code or error.type)
+            yield error.to_sse()
             yield "data: [DONE]\n\n"
             return
         self.metrics.observe_request(builder.prompt_tokens, None)
@@ -244,6 +265,20 @@ class ChatService:
 
 
 # --- shared with /tokenize (nim_llm/tokenizing.py) -------------------------------------------------------------
+def check_prompt_chars(chars: int, engine: Engine) -> None:
+    """400 when the prompt's characters alone cannot fit the context: no token of this tokenizer covers more than
+    `engine.max_token_chars` characters, so such a prompt has more tokens than the context holds. Checked before
+    templating and tokenizing, which would cost seconds and hundreds of MB for a prompt of megabytes."""
+    limit = engine.max_context * engine.max_token_chars
+    if chars > limit:
+        raise bad_request(
+            f"The prompt has {chars} characters: more than this model's context of {engine.max_context} tokens "
+            f"can hold (LLM_MAX_CONTEXT; at most {limit} characters). Please shorten it.",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
 def ready_engine(settings: Settings, state: LoadState) -> Engine:
     """The running engine, or 503 with the reason while the model is loading or failed."""
     if not state.ready or state.engine is None:

@@ -13,7 +13,7 @@ import asyncio
 from config import Settings
 from nim_llm.engine import Engine
 from nim_llm.protocol import TokenizeRequest, TokenizeResponse
-from nim_llm.service import LoadState, chat_prompt, check_model_name, ready_engine
+from nim_llm.service import LoadState, chat_prompt, check_model_name, check_prompt_chars, ready_engine
 
 
 class TokenizeService:
@@ -25,6 +25,8 @@ class TokenizeService:
         engine = ready_engine(self.settings, self.state)
         if req.model is not None:
             check_model_name(self.settings, self.state, req.model)
+        chat = req.to_chat_request(self.settings.llm_served_name) if req.messages is not None else None
+        check_prompt_chars(len(req.prompt or "") if chat is None else chat.text_chars, engine)
         # A long prompt takes CPU time to template and encode: off the event loop, as chat requests do.
         ids = await asyncio.to_thread(self._token_ids, req, engine)
         return TokenizeResponse(count=len(ids), max_model_len=engine.max_context, tokens=ids)

@@ -1,5 +1,6 @@
 """The 3D service's FastAPI app: the service (models load in the background, so `/v1/health/live` answers at once)
-and the shared HTTP contract (servicekit: errors, API key, body limit, health, metrics) around its routes."""
+and the shared HTTP contract (servicekit: errors, API key, also on the docs, body limit, health, metrics) around its
+routes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from config import Settings
 from nim_trellis.backends.base import Backend3D
 from nim_trellis.routes import health, router
 from nim_trellis.service import TrellisService
+from servicekit.auth import protect_docs
 from servicekit.body_limit import BodyLimit
 from servicekit.errors import install_error_handlers
 from servicekit.metrics import metrics_router
@@ -42,6 +44,7 @@ def create_app(
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=body_limit(settings), setting="MAX_IMAGE_BYTES")
     install_error_handlers(app)
+    protect_docs(app)
     app.include_router(health)
     app.include_router(metrics_router)
     app.include_router(router)

@@ -1,7 +1,9 @@
 """Text-to-image (OpenAI Images) and moderation (OpenAI Moderations) of the 3D service.
 
-Both go through the service's one GPU work queue and its prompt classifier; a classifier that cannot answer is a
-503, never a filter decision.
+Images go through the service's one GPU work queue; both pass the prompt classifier, whose rule is the one of
+every safety check (`safety.py`): a classifier that cannot answer is a 503 naming what is missing, never a filter
+decision, unless the settings allow unchecked work, and then the answer says it was not checked. Moderation runs
+off the event loop, all inputs of a call in one worker thread.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from nim_trellis.protocol import (
     ModerationRequest,
     ModerationResponse,
     ModerationResult,
+    check_prompt_length,
     parse_size,
     resolve_seed,
 )
-from nim_trellis.safety import Decision, SafetyUnavailable
+from nim_trellis.safety import Classifier, Decision, SafetyUnavailable
 from servicekit.errors import APIError
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ class ImageService:
     async def generate_images(
         self, request: ImageGenerationRequest, is_disconnected: Disconnected | None = None
     ) -> ImageGenerationResponse:
+        check_prompt_length(request.prompt, self.core.settings)
         if not self.core.imagegen.enabled:
             raise APIError(503, self.core.imagegen.health.detail, code="imagegen_off")
         self.core.require("imagegen", "safety_prompt")
@@ -87,24 +91,30 @@ class ImageService:
             ) from e
 
     async def moderate(self, request: ModerationRequest) -> ModerationResponse:
+        texts = request.texts(self.core.settings)
         self.core.require("safety_prompt")
-        texts = [request.input] if isinstance(request.input, str) else request.input
-        results = []
-        for text in texts:
-            decision = await asyncio.to_thread(self._moderate_one, text)
-            results.append(
-                ModerationResult(
-                    flagged=decision[0],
-                    categories={MODERATION_CATEGORY: decision[0]},
-                    category_scores={MODERATION_CATEGORY: decision[1]},
-                )
-            )
-        model = self.core.safety.prompt.model_id or "off"
-        return ModerationResponse(id=f"modr-{uuid.uuid4().hex}", model=model, results=results)
+        decisions = await asyncio.to_thread(lambda: [self._prompt_decision(text, "text") for text in texts])
+        unchecked = next((d for d in decisions if not d.checked), None)
+        return ModerationResponse(
+            id=f"modr-{uuid.uuid4().hex}",
+            model=_answered_by(self.core.safety.prompt, checked=unchecked is None),
+            results=[_moderation_result(d) for d in decisions],
+            warning=unchecked.note if unchecked else None,
+        )
 
-    def _moderate_one(self, text: str) -> tuple[bool, float]:
-        d = self._prompt_decision(text, "text")
-        return d.flagged, round(d.score, 6)
+
+def _answered_by(clf: Classifier, *, checked: bool) -> str:
+    """The classifier that decided; never its name on an answer it did not give."""
+    if checked:
+        return clf.model_id
+    return "off" if clf.health.state == "off" else "unchecked"
+
+
+def _moderation_result(d: Decision) -> ModerationResult:
+    scores = {MODERATION_CATEGORY: round(d.score, 6)} if d.checked else {}
+    return ModerationResult(
+        flagged=d.flagged, categories={MODERATION_CATEGORY: d.flagged}, category_scores=scores, checked=d.checked
+    )
 
 
 def _png_b64(image: Image.Image) -> str:

@@ -11,8 +11,10 @@ no texture, one image at a time) once; if that also runs out, the job fails with
 VRAM_PROFILE to choose.
 
 Finished jobs and their result files (under `DATA_DIR/jobs/<id>/`) are kept for `JOB_RETENTION_S`; a job whose
-result travels in its HTTP answer (`/v1/infer`) keeps it in memory instead (`in_memory`). A job that did not
-succeed carries `error_code`: `timeout`, `out_of_memory`, `cancelled`, `filtered`, `unavailable` or `failed`.
+result travels in its HTTP answer (`/v1/infer`) keeps it in memory instead (`in_memory`). A result is written to a
+temp file and renamed; a write that fails (full or read-only disk) removes what it wrote and fails the job with the
+reason (`storage`). A job that did not succeed carries `error_code`: `timeout`, `out_of_memory`, `cancelled`,
+`filtered`, `unavailable`, `storage` or `failed`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from nim_trellis.errors import job_not_found
 from nim_trellis.metrics import ServiceMetrics
 from nim_trellis.protocol import JobState, JobStatus
 from servicekit.errors import APIError
+from servicekit.storage import cannot_save
 from servicekit.vram import free_gpu_memory, is_cuda_oom
 
 log = logging.getLogger("nim_trellis.jobs")
@@ -58,6 +61,10 @@ class SafetyRefused(Exception):
 
 class OutOfGpuMemory(Exception):
     """CUDA ran out of memory, also in the job's leaner retry; the message says which profile to choose."""
+
+
+class StorageFailed(Exception):
+    """The job's result could not be saved; the message says where and why (read-only, full disk...)."""
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,11 @@ class JobQueue:
 
     # --- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.results_dir.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_results()
+        try:  # an unusable disk must not stop the service: readiness and each job say why (servicekit.storage)
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_results()
+        except OSError as e:
+            log.warning("%s", cannot_save(f"job results in {self.results_dir}", e))
         self._worker.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -305,6 +315,9 @@ class JobQueue:
         except OutOfGpuMemory as e:
             log.error("job %s: %s", job.id, e)
             self._finish(job, "failed", error=str(e), code="out_of_memory")
+        except StorageFailed as e:
+            log.error("job %s: %s", job.id, e)
+            self._finish(job, "failed", error=str(e), code="storage")
         except MissingDependency as e:  # a part of the backend that could not be installed or loaded here
             log.error("job %s: %s", job.id, e)
             self._finish(job, "failed", error=str(e), code="unavailable")
@@ -359,11 +372,18 @@ class JobQueue:
 
     def _store_artifact(self, job: Job, artifact: MeshArtifact) -> None:
         folder = self.results_dir / job.id
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"result.{artifact.output_format}"
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(artifact.data)
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(artifact.data)
+            os.replace(tmp, path)  # atomic: a reader never sees half a file
+        except OSError as e:
+            self._remove_files(job)  # the partial temp file, and the job's folder with it
+            raise StorageFailed(cannot_save(f"the result in {self.results_dir}", e)) from e
+        finally:
+            with contextlib.suppress(OSError):  # gone after the rename; whatever else happened, never left behind
+                tmp.unlink(missing_ok=True)
         job.result_path = path
 
     def _finish(self, job: Job, status: JobState, error: str | None = None, code: str | None = None) -> None:

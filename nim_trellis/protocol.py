@@ -32,6 +32,26 @@ FinishReason = Literal["SUCCESS", "CONTENT_FILTERED", "ERROR"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "filtered"]
 
 
+def check_prompt_length(text: str, settings: Settings, param: str = "prompt") -> None:
+    """The one prompt limit of every endpoint that takes one (3D, jobs, images, each moderation input)."""
+    if len(text) > settings.max_prompt_chars:
+        raise bad_request(
+            f"`{param}` has {len(text)} characters; the limit is {settings.max_prompt_chars} (MAX_PROMPT_CHARS).",
+            param,
+        )
+
+
+def check_image_side(image: Image.Image, settings: Settings, param: str = "image") -> None:
+    """3D needs an object to see: an image below MIN_IMAGE_SIDE on either side is refused before queueing."""
+    side = settings.min_image_side
+    if min(image.size) < side:
+        raise bad_request(
+            f"{param} is {image.width}×{image.height} px; 3D needs at least {side}×{side} (MIN_IMAGE_SIDE). "
+            "Send a larger image.",
+            param,
+        )
+
+
 def resolve_seed(seed: int | None) -> int:
     """0 or None means "pick one"; the chosen seed is always reported back so results can be reproduced."""
     return seed if seed else secrets.randbelow(MAX_SEED) + 1
@@ -87,12 +107,11 @@ class InferRequest(BaseModel):
         """Validate against the service limits, decode the image and fill defaults from the settings."""
         mode = self.resolve_mode()
         prompt = self.prompt.strip() if mode == "text" and self.prompt else None
-        if prompt and len(prompt) > settings.max_prompt_chars:
-            raise bad_request(
-                f"`prompt` has {len(prompt)} characters; the limit is {settings.max_prompt_chars} (MAX_PROMPT_CHARS).",
-                "prompt",
-            )
+        if prompt:
+            check_prompt_length(prompt, settings)
         image = decode_image(self.image, settings) if mode == "image" and self.image else None
+        if image is not None:
+            check_image_side(image, settings)
         params = MeshParams(
             seed=resolve_seed(self.seed),
             ss_steps=self.ss_sampling_steps or settings.trellis_ss_steps,
@@ -194,17 +213,34 @@ class ModerationRequest(BaseModel):
     input: str | list[str]
     model: str | None = None
 
+    def texts(self, settings: Settings) -> list[str]:
+        """The inputs as a list, within MODERATION_MAX_INPUTS and MAX_PROMPT_CHARS each."""
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not texts:
+            raise bad_request("`input` is empty; send a string or a list of strings.", "input")
+        if len(texts) > settings.moderation_max_inputs:
+            raise bad_request(
+                f"`input` has {len(texts)} texts; the limit is {settings.moderation_max_inputs} per call "
+                "(MODERATION_MAX_INPUTS). Split them over several calls.",
+                "input",
+            )
+        for text in texts:
+            check_prompt_length(text, settings, "input")
+        return texts
+
 
 class ModerationResult(BaseModel):
     flagged: bool
     categories: dict[str, bool]
-    category_scores: dict[str, float]
+    category_scores: dict[str, float]  # empty when no classifier ran (`checked` false)
+    checked: bool = True  # extension: false when no classifier decided (off, or broken with SAFETY_FAIL_CLOSED=false)
 
 
 class ModerationResponse(BaseModel):
     id: str
-    model: str
+    model: str  # the classifier that decided; "off" or "unchecked" when none did
     results: list[ModerationResult]
+    warning: str | None = None  # extension: why the inputs were not checked
 
 
 class BackendHealth(BaseModel):
@@ -216,6 +252,7 @@ class HealthResponse(BaseModel):
     status: Literal["ready", "loading", "error"]
     message: str
     backends: dict[str, BackendHealth]
+    storage: BackendHealth  # whether results can be saved under DATA_DIR (servicekit.storage)
     queue_depth: int
     profile: str
     vram_profile: str = "unlimited"  # the GPU memory plan (servicekit/vram.py) and why it was chosen

@@ -34,7 +34,7 @@ def service_of(request: Request) -> TrellisService:
 
 
 async def ready(request: Request) -> JSONResponse:
-    body = service_of(request).health()
+    body = await asyncio.to_thread(service_of(request).health)  # it may touch the disk (the storage check)
     facts = body.model_dump(exclude={"status", "message"})
     return ready_response(body.status, body.message, request.app.state.settings.trellis_retry_after_s, **facts)
 

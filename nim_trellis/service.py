@@ -2,9 +2,10 @@
 text-to-image and moderation are `imaging.ImageService`, on the same queue.
 
 Routers call these methods and nothing else. All GPU work goes through `JobQueue` (one worker); the async methods
-only wait on job futures, so the event loop never blocks. The GPU memory plan (`servicekit/vram.py`) sets the
-texture size, SANA's placement and TRELLIS's low-VRAM mode, and whether GPU stages take the VRAM lease
-(`servicekit/vram_lease.py`).
+only wait on job futures, so the event loop never blocks. Whether results can be saved under DATA_DIR is part of
+readiness, and a job is refused (507) while they cannot (`servicekit/storage.py`). The GPU memory plan
+(`servicekit/vram.py`) sets the texture size, SANA's placement and TRELLIS's low-VRAM mode, and whether GPU stages
+take the VRAM lease (`servicekit/vram_lease.py`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ from nim_trellis.protocol import (
     JobStatus,
     Task3D,
 )
-from nim_trellis.safety import SafetyGate
+from nim_trellis.safety import Decision, SafetyGate
 from servicekit.errors import APIError
+from servicekit.hub import ModelMissing
+from servicekit.storage import StorageCheck
 from servicekit.vram import VramPlan, plan_3d
 from servicekit.vram_lease import lease_for
 
@@ -54,6 +57,7 @@ INFER_FAILURES = {
     "out_of_memory": (503, "out_of_memory"),
     "cancelled": (503, "cancelled"),
     "unavailable": (501, "unavailable"),
+    "storage": (507, "storage_unavailable"),
 }
 OPTIONAL = ("texture", "background_removal")  # optional parts of the 3D backend: "off" never blocks readiness
 TEXT_STAGE_SHARE = 0.3  # share of a text-mode job's progress spent before the 3D backend starts
@@ -87,6 +91,7 @@ class TrellisService:
         offload = self.vram.applies and self.vram.sana_placement == "offload"
         self.imagegen = imagegen or SanaImageGenerator(settings, offload=offload)
         self.safety = safety or SafetyGate(settings)
+        self.storage = StorageCheck(settings.data_dir, settings.storage_min_free_mb, settings.storage_check_interval_s)
         self.backend_health = BackendHealth(state="loading", detail=f"loading {self.backend.name}")
         self.queue = JobQueue(
             max_queued=settings.jobs_queue_size,
@@ -112,12 +117,16 @@ class TrellisService:
         try:
             self.backend.load()
             self.backend_health = BackendHealth(state="ready", detail=f"{self.backend.name} backend loaded")
+        except ModelMissing as e:  # expected on an offline machine: one line, no traceback
+            self.backend_health = BackendHealth(state="error", detail=f"{self.backend.name}: {e}")
+            log.warning("3d: %s", self.backend_health.detail)
         except Exception as e:
             log.exception("3D backend %s failed to load", self.backend.name)
             self.backend_health = BackendHealth(state="error", detail=f"{self.backend.name}: {type(e).__name__}: {e}")
         self.imagegen.load()
         self.safety.load()
-        log.info("model loading finished in %.1fs: %s", time.monotonic() - started, self.components())
+        states = {name: h.state for name, h in self.components().items()}  # the reasons were logged where they arose
+        log.info("model loading finished in %.1fs: %s", time.monotonic() - started, states)
         log.info("GPU memory plan %s (%s): %s", self.vram.profile, self.vram.reason, self.vram.lowered or "as set")
 
     def components(self) -> dict[str, BackendHealth]:
@@ -132,12 +141,22 @@ class TrellisService:
                 parts[name] = BackendHealth(state="ready" if cap.available else "off", detail=cap.detail)
         return parts
 
+    def storage_health(self) -> BackendHealth:
+        problem = self.storage.problem()
+        if problem:
+            return BackendHealth(state="error", detail=problem)
+        return BackendHealth(state="ready", detail=f"DATA_DIR {self.settings.data_dir} is writable")
+
     def health(self) -> HealthResponse:
+        """The ready body; checks the disk (cached), so routes call it off the event loop."""
         parts = self.components()
+        storage = self.storage_health()
         fail_open = not self.settings.safety_fail_closed
         blocking = {
             name: h for name, h in parts.items() if h.state == "error" and not (fail_open and name.startswith("safety"))
         }
+        if storage.state == "error":
+            blocking["storage"] = storage
         warnings = [f"{name}: {h.detail}" for name, h in parts.items() if h.state == "error" and name not in blocking]
         warnings += [
             f"{name} unavailable: {h.detail}" for name, h in parts.items() if name in OPTIONAL and h.state == "off"
@@ -153,6 +172,7 @@ class TrellisService:
             status=status,
             message=message,
             backends=parts,
+            storage=storage,
             queue_depth=self.queue.depth(),
             profile=self.settings.profile,
             **self.vram.health_fields(),
@@ -170,7 +190,15 @@ class TrellisService:
                     code="not_ready",
                     retry_after_s=self.settings.trellis_retry_after_s,
                 )
-            if h.state == "error" and not (name.startswith("safety") and not self.settings.safety_fail_closed):
+            if h.state == "error" and name.startswith("safety") and self.settings.safety_fail_closed:
+                clf = self.safety.prompt if name == "safety_prompt" else self.safety.image
+                raise APIError(
+                    503,
+                    f"Cannot check the input: {clf.unavailable()}.",
+                    code="safety_unavailable",
+                    retry_after_s=self.settings.trellis_retry_after_s,
+                )
+            if h.state == "error" and not name.startswith("safety"):
                 raise APIError(
                     503,
                     f"The {name} model failed to load: {h.detail}",
@@ -246,7 +274,7 @@ class TrellisService:
         params, image = task.params, task.image
         if task.mode == "text" and task.prompt:
             ctx.stage("safety_prompt", 0.01)
-            self._guard(self.safety.check_prompt, task.prompt, "prompt")
+            self._guard(self.safety.check_prompt, task.prompt, "prompt", ctx)
             if self.backend.supports_text:
                 with self.gpu():
                     return self.backend.text_to_mesh(task.prompt, params, ScaledReporter(ctx, 0.02, 1.0))
@@ -259,7 +287,7 @@ class TrellisService:
         assert image is not None  # to_task guarantees an image or a prompt
         start = TEXT_STAGE_SHARE if task.mode == "text" else 0.0
         ctx.stage("safety_image", start + 0.01)
-        self._guard(self.safety.check_image, image, "image")
+        self._guard(self.safety.check_image, image, "image", ctx)
         with self.gpu():
             return self.backend.image_to_mesh(image, params, ScaledReporter(ctx, start + 0.02, 1.0))
 
@@ -267,11 +295,13 @@ class TrellisService:
         """Hold the VRAM lease around a GPU stage (a no-op unless the plan says the services take turns)."""
         return self.lease.hold(timeout_s=self.settings.job_timeout_s)
 
-    @staticmethod
-    def _guard(check: Callable, item: str | Image.Image, what: str) -> None:
+    def _guard(self, check: Callable[..., Decision], item: str | Image.Image, what: str, ctx: JobContext) -> None:
         decision = check(item)  # SafetyUnavailable propagates and fails the job as an error, never as a filter
         if decision.flagged:
             raise SafetyRefused(f"the {what} was classified as unsafe (score {decision.score:.3f})")
+        broken = self.safety.prompt if what == "prompt" else self.safety.image
+        if not decision.checked and broken.health.state != "off":  # allowed unchecked: the job says so
+            ctx.job.note = "; ".join(n for n in (ctx.job.note, decision.note) if n)
 
     async def wait(self, job: Job, is_disconnected: Disconnected | None) -> None:
         """Wait for a job; if the client goes away meanwhile, abandon the job so the GPU does not work for nobody."""
@@ -297,6 +327,9 @@ class TrellisService:
         raise APIError(status, f"3D generation failed: {job.error}", code=code, retry_after_s=retry)
 
     async def create_job(self, request: InferRequest) -> JobCreated:
+        problem = await asyncio.to_thread(self.storage.problem)
+        if problem:  # the result could not be kept: refuse now rather than fail after the GPU work
+            raise APIError(507, f"Cannot accept jobs: {problem}", code="storage_unavailable")
         job = await self.submit_3d(request)
         return JobCreated(id=job.id, status=job.status, queue_position=self.queue.position(job))
 

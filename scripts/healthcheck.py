@@ -2,7 +2,9 @@
 
 Used by the Docker HEALTHCHECK, docker-compose, install.sh (`--wait`) and the ops tests, so "healthy" means
 the same thing everywhere: both model services report `GET /v1/health/ready` 200 (models loaded and warmed
-up) and the UI serves its page. Standard library only, apart from reading the URLs from `config.py`.
+up), the UI serves its page, and DATA_DIR takes a new file and has STORAGE_MIN_FREE_MB free (`storage`; checked
+here too, as the UI saves scenes there and a stopped service cannot say so). Standard library only, apart from
+the settings (`config.py`) and the storage check (`servicekit/storage.py`).
 
     python scripts/healthcheck.py              # one check, one line per service
     python scripts/healthcheck.py --wait 600   # poll until ready or time out, printing progress
@@ -18,6 +20,7 @@ import urllib.error
 import urllib.request
 
 from config import Settings, _client_host, get_settings
+from servicekit.storage import check_storage
 
 
 def endpoints(s: Settings) -> dict[str, str]:
@@ -58,7 +61,10 @@ def probe(url: str, headers: dict[str, str], timeout_s: float) -> tuple[bool, st
 
 def check(s: Settings, timeout_s: float = 5.0) -> dict[str, tuple[bool, str]]:
     headers = {"Authorization": f"Bearer {s.api_key.get_secret_value()}"} if s.api_key else {}
-    return {name: probe(url, headers, timeout_s) for name, url in endpoints(s).items()}
+    results = {name: probe(url, headers, timeout_s) for name, url in endpoints(s).items()}
+    problem = check_storage(s.data_dir, s.storage_min_free_mb)
+    results["storage"] = (problem is None, problem or "ok")
+    return results
 
 
 def summary(results: dict[str, tuple[bool, str]]) -> str:

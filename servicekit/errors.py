@@ -3,12 +3,18 @@ event, and the handlers that turn everything else (validation, unknown routes, c
 
 `{"error": {"message", "type", "param", "code"}}` is what OpenAI clients (and NIM) expect; invalid requests are
 400, never FastAPI's 422 shape; a crash answers 500 with the exception's type and leaves the process serving.
+
+Why `CatchAll` and not only an `Exception` handler: Starlette runs that handler in its outermost middleware and
+re-raises after answering, and uvicorn then closes the connection, so a client's next request on the same
+keep-alive connection fails at transport level. `CatchAll` answers the 500 inside the app and swallows the
+exception; only a failure after the response started (a broken stream) still ends the connection.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -110,8 +116,37 @@ def validation_error(exc: RequestValidationError) -> APIError:
     return bad_request(f"{param}: {msg}{shown}" if param else msg, param=param)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Every failure leaves the app as an `APIError` envelope."""
+class CatchAll:
+    """Pure ASGI middleware: an unexpected exception becomes a logged 500 envelope, and the connection stays open."""
+
+    def __init__(self, app: Any, on_error: Callable[[BaseException], None] | None = None) -> None:
+        self.app, self.on_error = app, on_error
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                raise  # part of a response is out: only closing the connection can tell the client
+            log.exception("unhandled error")
+            if self.on_error is not None:
+                self.on_error(exc)
+            await internal(exc).to_response()(scope, receive, send)
+
+
+def install_error_handlers(app: FastAPI, on_error: Callable[[BaseException], None] | None = None) -> None:
+    """Every failure leaves the app as an `APIError` envelope; `on_error` counts the unexpected ones."""
+    app.add_middleware(CatchAll, on_error=on_error)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> Response:
@@ -124,8 +159,3 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         return APIError(exc.status_code, str(exc.detail), code=f"http_{exc.status_code}").to_response()
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return internal(exc).to_response()

@@ -72,6 +72,40 @@ def test_api_key_scheme_is_case_insensitive_and_the_key_is_required(service: Ser
         assert httpx.get(service.url + open_path).status_code == 200, open_path
 
 
+DOC_PATHS = ("/docs", "/redoc", "/openapi.json")
+
+
+def test_api_docs_need_the_key_when_it_is_set(service: Service) -> None:
+    """The schema lists every route and field: what a prober wants first, so it is behind the key like the API."""
+    for path in DOC_PATHS:
+        missing = httpx.get(service.url + path)
+        assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key", path
+        assert httpx.get(service.url + path, headers=auth(f"Bearer {KEY}x")).status_code == 401, path
+        assert httpx.get(service.url + path, headers=auth(f"Bearer {KEY}")).status_code == 200, path
+    schema = httpx.get(service.url + "/openapi.json", headers=auth(f"Bearer {KEY}")).json()
+    assert service.post_path in schema["paths"]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_api_docs_stay_open_without_an_api_key(name: str, tmp_path: Path) -> None:
+    """No model is needed for the docs: the services start with nothing to load and answer at once."""
+    create = SERVICES[name][0]
+    settings = Settings(
+        _env_file=None,
+        profile="tiny",
+        data_dir=tmp_path,
+        cache_dir=tmp_path / "cache",
+        api_key=None,
+        llm_model=str(tmp_path / "no-model"),
+        imagegen_model="",
+        safety_prompt_model="",
+        safety_image_model="",
+    )
+    with serve_in_thread(create(settings)) as url:
+        for path in DOC_PATHS:
+            assert httpx.get(url + path).status_code == 200, path
+
+
 def test_body_limit_holds_for_declared_and_chunked_bodies(service: Service) -> None:
     url, headers = service.url + service.post_path, auth(f"Bearer {KEY}")
     big = b"x" * (service.limit + 1)

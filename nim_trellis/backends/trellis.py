@@ -36,6 +36,7 @@ from config import Settings
 from nim_trellis.backends import mesh_export, optional_deps, texture_bake, torch_attention
 from nim_trellis.backends.base import Capability, MeshArtifact, MeshParams, ScaledReporter, StageReporter
 from nim_trellis.backends.relief import has_real_alpha
+from servicekit.hub import ModelMissing, loadable_source, network_allowed
 
 TRELLIS_INPUT_SIDE = 518  # DINOv2 input size used by upstream's preprocessing
 ALPHA_BBOX_LEVEL = 0.8 * 255  # upstream crops to pixels above 80% alpha
@@ -45,6 +46,7 @@ CROP_MARGIN = 1.2  # upstream's margin around the object
 SPANS_UNTEXTURED = {"structure": (0.02, 0.35), "latent": (0.35, 0.85), "decoding": 0.85, "export": 0.92}
 SPANS_TEXTURED = {"structure": (0.02, 0.15), "latent": (0.15, 0.35), "decoding": 0.35, "bake": (0.4, 1.0)}
 STAGE_NAMES = {"structure": "sampling_structure", "latent": "sampling_latent"}
+DINOV2_REPO = "facebookresearch/dinov2"  # where upstream's image pipeline loads its image encoder (torch.hub)
 
 
 def configure_attention(settings: Settings) -> None:
@@ -73,11 +75,9 @@ def hub_cache_first() -> Iterator[None]:
     original = torch.hub.load
 
     def load(repo_or_dir: str, model: str, *args: Any, source: str = "github", **kwargs: Any) -> Any:
-        if source == "github" and ":" not in repo_or_dir:
-            for branch in ("main", "master"):
-                cached = Path(torch.hub.get_dir()) / f"{repo_or_dir.replace('/', '_')}_{branch}"
-                if (cached / "hubconf.py").is_file():
-                    return original(str(cached), model, *args, source="local", **kwargs)
+        cached = torch_hub_checkout(repo_or_dir) if source == "github" and ":" not in repo_or_dir else None
+        if cached is not None:
+            return original(str(cached), model, *args, source="local", **kwargs)
         return original(repo_or_dir, model, *args, source=source, **kwargs)
 
     torch.hub.load = load
@@ -85,6 +85,43 @@ def hub_cache_first() -> Iterator[None]:
         yield
     finally:
         torch.hub.load = original
+
+
+def torch_hub_checkout(repo: str) -> Path | None:
+    """The cached checkout of a torch.hub repository (as `hub_cache_first` loads it), or None."""
+    import torch.hub
+
+    for branch in ("main", "master"):
+        cached = Path(torch.hub.get_dir()) / f"{repo.replace('/', '_')}_{branch}"
+        if (cached / "hubconf.py").is_file():
+            return cached
+    return None
+
+
+def model_sources(settings: Settings) -> tuple[str, str | None]:
+    """Where to load the image (and text) pipeline from; `ModelMissing` naming every part that is neither on disk
+    nor downloadable now, so an offline start says it in one line instead of retrying for a minute."""
+    missing: list[str] = []
+    sources: list[str | None] = []
+    for model_id, setting in (
+        (settings.trellis_image_model, "TRELLIS_IMAGE_MODEL"),
+        (settings.trellis_text_model, "TRELLIS_TEXT_MODEL"),
+    ):
+        try:
+            sources.append(loadable_source(model_id, settings, setting) if model_id else None)
+        except ModelMissing as e:
+            missing.append(str(e))
+    if torch_hub_checkout(DINOV2_REPO) is None and not network_allowed(settings):
+        import torch.hub
+
+        missing.append(
+            f"DINOv2 ({DINOV2_REPO}, the image encoder) is not in the torch hub cache ({torch.hub.get_dir()}) and the "
+            "network cannot be reached; fetch it with `python scripts/fetch_models.py` (into TORCH_HOME)"
+        )
+    if missing:
+        raise ModelMissing("; ".join(missing))
+    assert sources[0] is not None  # TRELLIS_IMAGE_MODEL has no empty value
+    return sources[0], sources[1]
 
 
 def prepare_rgba(image: Image.Image) -> Image.Image:
@@ -165,16 +202,17 @@ class TrellisBackend:
     # --- loading -------------------------------------------------------------------------------------------
     def load(self) -> None:
         s = self.settings
+        image_source, text_source = model_sources(s)
         configure_attention(s)
         self._features = optional_deps.defer()
         from trellis.pipelines import TrellisImageTo3DPipeline
 
         with hub_cache_first():  # the image pipeline loads DINOv2 through torch.hub
-            self._image_pipe = self._prepare(TrellisImageTo3DPipeline.from_pretrained(s.trellis_image_model))
+            self._image_pipe = self._prepare(TrellisImageTo3DPipeline.from_pretrained(image_source))
         if self.supports_text:
             from trellis.pipelines import TrellisTextTo3DPipeline
 
-            self._text_pipe = self._prepare(TrellisTextTo3DPipeline.from_pretrained(s.trellis_text_model))
+            self._text_pipe = self._prepare(TrellisTextTo3DPipeline.from_pretrained(text_source))
         self._warm_up()
         self._texture_problem = self._check_texture()
 

@@ -16,6 +16,7 @@ from PIL import Image
 from config import BUILTIN_TINY_SANA, Settings
 from nim_trellis.imagegen.tiny import ensure_tiny_sana
 from nim_trellis.protocol import MAX_SEED, BackendHealth
+from servicekit.hub import ModelMissing, loadable_source
 from servicekit.vram import free_gpu_memory
 
 log = logging.getLogger("nim_trellis.imagegen")
@@ -49,12 +50,15 @@ class SanaImageGenerator:
         if not self.model_id:
             return
         try:
+            if self.model_id == BUILTIN_TINY_SANA:
+                source = str(ensure_tiny_sana(self.settings.cache_dir))
+            else:
+                source = loadable_source(self.model_id, self.settings, "IMAGEGEN_MODEL")
             import torch
             from diffusers import SanaSprintPipeline
 
-            source = ensure_tiny_sana(self.settings.cache_dir) if self.model_id == BUILTIN_TINY_SANA else self.model_id
             dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-            pipe = SanaSprintPipeline.from_pretrained(str(source), dtype=dtype, token=self.settings.token)
+            pipe = SanaSprintPipeline.from_pretrained(source, dtype=dtype, token=self.settings.token)
             if self.offload:
                 pipe.enable_model_cpu_offload(device=self.device)
             else:
@@ -64,6 +68,9 @@ class SanaImageGenerator:
             self._warm_up()
             where = f"{self.device}, offloaded when idle" if self.offload else self.device
             self.health = BackendHealth(state="ready", detail=f"{self.model_id} on {where} ({dtype})")
+        except ModelMissing as e:  # expected on an offline machine: one line, no traceback
+            self.health = BackendHealth(state="error", detail=str(e))
+            log.warning("imagegen: %s", e)
         except Exception as e:  # leaves the service live but not ready, with the reason in health
             log.exception("text-to-image model %s failed to load", self.model_id)
             self.health = BackendHealth(

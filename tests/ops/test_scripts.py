@@ -155,11 +155,34 @@ def test_healthcheck_exit_code_and_report_from_the_command_line(fake_services: d
         GRADIO_SERVER_PORT=str(s.gradio_server_port),
     )
     ok = run_script([sys.executable, "scripts/healthcheck.py"], env)
-    assert ok.returncode == 0 and ok.stdout.count(": ready") == 3
+    assert ok.returncode == 0 and ok.stdout.count(": ready") == 4  # three programs and the data dir
     env["TRELLIS_PORT"] = str(free_port())
     down = run_script([sys.executable, "scripts/healthcheck.py", "--wait", "1"], env)
     assert down.returncode == 1
     assert "trellis-service: not answering yet" in down.stdout and "gave up after 1s" in down.stderr
+
+
+def test_healthcheck_fails_with_the_reason_when_data_dir_cannot_be_written(fake_services: dict, tmp_path: Path) -> None:
+    """The container turns unhealthy with the reason, even while every program still answers ready. As root, file
+    modes stop nothing; a regular file where DATA_DIR's directory should be stops everyone."""
+    blocked = tmp_path / "data"
+    blocked.write_text("not a directory")
+    s = fake_settings(fake_services)
+    env = clean_env(
+        CHAT3D_PROFILE="tiny",
+        LLM_PORT=str(s.llm_port),
+        TRELLIS_PORT=str(s.trellis_port),
+        GRADIO_SERVER_PORT=str(s.gradio_server_port),
+        DATA_DIR=str(blocked),
+    )
+    out = run_script([sys.executable, "scripts/healthcheck.py"], env)
+    assert out.returncode == 1, out.stdout
+    assert f"storage: cannot save: DATA_DIR {blocked}" in out.stdout, out.stdout
+    full = run_script(
+        [sys.executable, "scripts/healthcheck.py"],
+        {**env, "DATA_DIR": str(tmp_path / "ok"), "STORAGE_MIN_FREE_MB": str(10**9)},
+    )
+    assert full.returncode == 1 and "storage: disk full:" in full.stdout, full.stdout
 
 
 # --- ops_env -------------------------------------------------------------------------------------------------

@@ -66,11 +66,14 @@ def test_generate_images_custom_steps(tiny_url: str) -> None:
         ({"prompt": ""}, "prompt"),
         ({"prompt": "x", "steps": 0}, "steps"),
         ({"n": 1}, "prompt"),
+        ({"prompt": "x" * 1001}, "prompt"),  # the one prompt limit of every endpoint, MAX_PROMPT_CHARS
     ],
 )
 def test_generate_images_rejects_bad_input(tiny_url: str, body: dict, param: str) -> None:
     resp = generate(tiny_url, body)
     assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
+    if len(body.get("prompt", "")) > 1:
+        assert "MAX_PROMPT_CHARS" in resp.json()["error"]["message"]
 
 
 def test_generate_images_off_gives_503_with_instructions(make_settings) -> None:

@@ -96,6 +96,8 @@ BAD_INPUTS = {
     "prompt_and_image": ({"image": "iVBORw0KGgo=", "prompt": "a cup"}, "prompt", "not both"),
     "neither": ({"seed": 3}, "image", "`prompt`"),
     "prompt_too_long": ({"prompt": "x" * 1001}, "prompt", "1000"),
+    "image_too_small": ({"image": encode(disc_image(1))}, "image", "image is 1×1 px; 3D needs at least 64×64"),
+    "image_too_narrow": ({"image": encode(disc_image(256).resize((256, 63)))}, "image", "MIN_IMAGE_SIDE"),
     "ss_steps_low": ({"prompt": "a cup", "ss_sampling_steps": 9}, "ss_sampling_steps", "10"),
     "slat_steps_high": ({"prompt": "a cup", "slat_sampling_steps": 51}, "slat_sampling_steps", "50"),
     "cfg_negative": ({"prompt": "a cup", "ss_cfg_scale": -0.5}, "ss_cfg_scale", "0"),

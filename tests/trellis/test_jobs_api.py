@@ -9,7 +9,7 @@ import time
 import httpx
 import trimesh
 
-from tests.trellis.conftest import FailingBackend, GatedBackend, running, wait_job
+from tests.trellis.conftest import FailingBackend, GatedBackend, disc_image, encode, running, wait_job
 
 FINISHED = {"succeeded", "failed", "cancelled", "filtered"}
 
@@ -51,6 +51,14 @@ def test_job_unknown_id_404(tiny_url: str) -> None:
 def test_job_bad_input_rejected_before_queueing(tiny_url: str) -> None:
     resp = submit(tiny_url, {"image": "not base64 at all!"})
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "image"
+
+
+def test_job_rejects_what_infer_rejects_with_the_same_limits(tiny_url: str) -> None:
+    tiny = submit(tiny_url, {"image": encode(disc_image(1))})
+    assert tiny.status_code == 400 and tiny.json()["error"]["param"] == "image"
+    assert "3D needs at least 64×64 (MIN_IMAGE_SIDE)" in tiny.json()["error"]["message"]
+    long = submit(tiny_url, {"prompt": "x" * 1001})
+    assert long.status_code == 400 and "MAX_PROMPT_CHARS" in long.json()["error"]["message"]
 
 
 def test_job_cancel_queued_and_running(make_settings, png_uri: str) -> None:
