@@ -191,7 +191,12 @@ def export_mesh(shape: ReliefShape, image: Image.Image, params: MeshParams, text
         # trimesh keeps JPEG textures as JPEG (a core glTF image type); PNG-encoding a detailed 1024² texture
         # would cost ~0.3 s, most of the time budget, and the texture has no alpha to preserve.
         texture.format = "JPEG"
-        visual = trimesh.visual.TextureVisuals(uv=shape.uv, image=texture)
+        # Matte and untinted: glTF's default material is fully metallic, which viewers without an environment map
+        # (the studio's preview among them) draw almost black, and trimesh's default tints the texture grey.
+        material = trimesh.visual.material.PBRMaterial(
+            baseColorTexture=texture, baseColorFactor=[255, 255, 255, 255], metallicFactor=0.0, roughnessFactor=1.0
+        )
+        visual = trimesh.visual.TextureVisuals(uv=shape.uv, material=material)
     mesh = trimesh.Trimesh(shape.vertices, shape.faces, visual=visual, process=False)
     out = io.BytesIO()
     mesh.export(out, file_type="glb")
