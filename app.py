@@ -17,7 +17,8 @@ import gradio as gr
 
 from config import Settings, get_settings
 from studio.context import StudioContext
-from studio.ui import CSS, TITLE, TOOLTIP_JS, build_ui
+from studio.theme import CSS, studio_theme
+from studio.ui import TITLE, TOOLTIP_JS, build_ui
 
 
 def create_app(settings: Settings) -> gr.Blocks:
@@ -43,6 +44,7 @@ def launch_kwargs(settings: Settings) -> dict[str, object]:
         "ssr_mode": False,
         "pwa": False,
         "mcp_server": False,
+        "theme": studio_theme(),
         "css": CSS,
         "js": TOOLTIP_JS,
     }

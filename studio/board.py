@@ -3,6 +3,9 @@
 Each operation is an async generator of `Scene` snapshots, so the UI can show every card change the moment it
 happens. Network calls never run under the scene lock: a result is applied afterwards to the freshly loaded
 scene, and dropped if its object was deleted or its prompt changed meanwhile (the file stays on disk).
+
+A card that has an image never loses it to a failed redraw: it keeps its image, model and state, and the error
+becomes a note on the card. Nothing is drawn while text-to-image is off; such cards wait for an upload.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from PIL import Image
 from servicekit.protocol import MAX_SEED
 from studio.clients import ContentFiltered, ServiceError
 from studio.context import StudioContext
+from studio.status import draw_refusal
 from studio.workspace import ImageRef, Scene, SceneObject
 
 MAX_VARIANTS = 4
+IMAGEGEN_OFF_NOTE = "Text-to-image is off: upload an image for this object."
 
 
 class UserError(Exception):
@@ -46,9 +51,17 @@ def _needs_image(obj: SceneObject) -> bool:
     return obj.image is None and obj.state in ("waiting", "failed")
 
 
+async def draw_refusal_now(ctx: StudioContext) -> str:
+    """Why images cannot be drawn now, for the user ("" when they can)."""
+    return draw_refusal((await ctx.health()).trellis)
+
+
 async def draw_images(ctx: StudioContext, scene_id: str, object_ids: list[str] | None = None) -> AsyncIterator[Scene]:
     """Draw the given cards with a new seed (all cards still waiting when none are given); each card is saved and
     yielded as soon as its own image arrives."""
+    refusal = await draw_refusal_now(ctx)
+    if refusal:
+        raise UserError(refusal)
     ws = ctx.workspace
     async with ws.edit(scene_id) as scene:
         targets = [o for o in scene.objects if (o.id in object_ids if object_ids else _needs_image(o))]
@@ -78,11 +91,14 @@ async def draw_images(ctx: StudioContext, scene_id: str, object_ids: list[str] |
 
 
 def _apply_image(ctx: StudioContext, scene: Scene, obj: SceneObject, outcome: Any) -> None:
-    if isinstance(outcome, ContentFiltered):
+    if isinstance(outcome, ServiceError) and obj.image is not None:
+        obj.state, obj.error = "ready", f"No new image: {outcome.message}"  # the card keeps what it has
+    elif isinstance(outcome, ContentFiltered):
         obj.state, obj.error = "filtered", outcome.message
+    elif isinstance(outcome, ServiceError) and outcome.code == "imagegen_off":
+        obj.state, obj.error = "waiting", IMAGEGEN_OFF_NOTE  # not a failure of the card: it needs an upload
     elif isinstance(outcome, ServiceError):
-        hint = " Upload your own image instead." if outcome.code == "imagegen_off" else ""
-        obj.state, obj.error = "failed", outcome.message + hint
+        obj.state, obj.error = "failed", outcome.message
     else:
         rel = ctx.workspace.write_image(scene.id, obj.id, outcome.seed, outcome.png)
         _set_image(obj, ImageRef(file=rel, seed=outcome.seed))
@@ -97,6 +113,9 @@ def _set_image(obj: SceneObject, image: ImageRef) -> None:
 async def make_variants(ctx: StudioContext, scene_id: str, object_id: str, n: int) -> AsyncIterator[Scene]:
     """Draw `n` (1–4) alternatives with fresh seeds; the card keeps its image until the user picks one."""
     n = max(1, min(MAX_VARIANTS, int(n)))
+    refusal = await draw_refusal_now(ctx)
+    if refusal:
+        raise UserError(refusal)
     async with ctx.workspace.edit(scene_id) as scene:
         prompt = _obj(scene, object_id).prompt
         _obj(scene, object_id).error = ""
@@ -160,7 +179,9 @@ async def edit_prompt(ctx: StudioContext, scene_id: str, object_id: str, prompt:
         raise UserError(f"The prompt is too long (at most {ctx.settings.max_prompt_chars} characters).")
     async with ctx.workspace.edit(scene_id) as scene:
         obj = _obj(scene, object_id)
-        obj.prompt, obj.state, obj.error = prompt, "waiting", ""
+        obj.prompt, obj.error = prompt, ""
+        if obj.image is None:  # a card with an image keeps it until the new prompt's image arrives
+            obj.state = "waiting"
     return scene
 
 

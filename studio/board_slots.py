@@ -27,7 +27,8 @@ from studio.context import StudioContext
 from studio.events import GPU, SceneOut, bind, once, stream_3d, stream_scene
 from studio.workspace import Scene, Workspace
 
-CARDS_PER_ROW = 3
+CARD_MIN_WIDTH = 230
+THUMBNAIL_HEIGHT = 190
 
 
 # --- handlers: each gets the scene id and the object id the slot showed when clicked ---------------------------
@@ -82,10 +83,10 @@ async def delete_card(ctx: StudioContext, sid: str, oid: str) -> SceneOut:
 
 
 def board_updates(
-    ws: Workspace, scene: Scene | None, shown: dict[str, Any] | None, n_slots: int
+    ws: Workspace, scene: Scene | None, shown: dict[str, Any] | None, n_slots: int, draw_blocked: str = ""
 ) -> tuple[list[Any], dict[str, Any]]:
     """An update for every slot output (`gr.skip()` where it already shows the right thing) and the new record."""
-    changes, now = board_changes(ws, scene, shown, n_slots)
+    changes, now = board_changes(ws, scene, shown, n_slots, draw_blocked)
     return [gr.skip() if props is None else gr.update(**props) for props in changes], now
 
 
@@ -94,7 +95,7 @@ def board_updates(
 class Slot:
     column: gr.Column
     oid: gr.Textbox
-    header: gr.Markdown
+    header: gr.HTML
     image: gr.Image
     prompt: gr.Textbox
     use_prompt: gr.Button
@@ -114,37 +115,40 @@ class Slot:
 
 
 def build_slots(count: int) -> list[Slot]:
-    """The card pool, laid out in rows; call inside the page layout. All slots start hidden."""
-    slots = []
-    for start in range(0, count, CARDS_PER_ROW):
-        with gr.Row(equal_height=False):
-            for _ in range(start, min(count, start + CARDS_PER_ROW)):
-                slots.append(_build_slot())
-    return slots
+    """The card pool, a grid (`theme.py` lays the cards out); call inside the page layout. All slots start hidden."""
+    with gr.Row(elem_id="board", elem_classes=["board"]):
+        return [_build_slot() for _ in range(count)]
 
 
 def _build_slot() -> Slot:
-    with gr.Column(min_width=240, visible=False, elem_classes=["card"]) as column:
+    """One card: what it is and where it stands, its picture, its actions (one of them primary, `board_view`
+    decides which), and the less frequent ones folded away under "Edit"."""
+    with gr.Column(min_width=CARD_MIN_WIDTH, visible=False, elem_classes=["card"]) as column:
         oid = gr.Textbox(visible=False)
-        header = gr.Markdown()
+        header = gr.HTML(elem_classes=["card-header"])
         image = gr.Image(
-            interactive=False, show_label=False, height=200, type="filepath", buttons=["download", "fullscreen"]
+            interactive=False,
+            show_label=False,
+            height=THUMBNAIL_HEIGHT,
+            type="filepath",
+            buttons=["download", "fullscreen"],
+            elem_classes=["card-thumb"],
         )
-        prompt = gr.Textbox(label="Image prompt", lines=2, max_lines=4)
-        with gr.Row():
-            use_prompt = gr.Button("Use prompt", size="sm")
+        gallery = gr.Gallery(label="Pick a variant", columns=4, height=90, allow_preview=False, visible=False)
+        with gr.Row(elem_classes=["card-actions"]):
+            to_3d = gr.Button("Make 3D", size="sm", interactive=False, visible=False)
+            cancel = gr.Button("Cancel 3D", size="sm", visible=False)
+            show = gr.Button("Preview", size="sm", visible=False)
+        with gr.Row(elem_classes=["card-actions"]):
             redraw = gr.Button("New image", size="sm")
-        with gr.Row():
-            n_variants = gr.Slider(1, board.MAX_VARIANTS, 2, step=1, label="Variants", min_width=100)
-            variants = gr.Button("Draw variants", size="sm")
-        gallery = gr.Gallery(label="Pick a variant", columns=4, height=110, allow_preview=False, visible=False)
-        with gr.Row():
             upload = gr.UploadButton("Upload image", file_types=["image"], size="sm")
-            to_3d = gr.Button("→ 3D", size="sm", variant="primary", interactive=False)
-            cancel = gr.Button("Cancel 3D", size="sm", variant="stop", visible=False)
-        with gr.Row():
-            show = gr.Button("Preview", size="sm")
-            delete = gr.Button("Delete", size="sm", variant="stop")
+        with gr.Accordion("Edit", open=False, elem_classes=["card-edit"]):
+            prompt = gr.Textbox(label="Image prompt", lines=2, max_lines=4)
+            use_prompt = gr.Button("Use prompt", size="sm")
+            with gr.Row(equal_height=True):
+                n_variants = gr.Slider(1, board.MAX_VARIANTS, 2, step=1, label="Variants", min_width=100)
+                variants = gr.Button("Draw variants", size="sm")
+            delete = gr.Button("Delete object", size="sm")
     return Slot(
         column,
         oid,
@@ -173,6 +177,7 @@ def wire_slots(
     scene: list[Any],
     preview: gr.Dropdown,
     params: list[Any],
+    scroll_js: str | None = None,
 ) -> None:
     """Register every card event once."""
     gpu = {"concurrency_id": GPU, "concurrency_limit": ctx.settings.ui_gpu_concurrency, "api_visibility": "private"}
@@ -188,5 +193,5 @@ def wire_slots(
         s.upload.upload(upload, [*ids, s.upload], scene, **quiet)
         s.to_3d.click(model, [*ids, *params], scene, **gpu)
         s.cancel.click(cancel, ids, None, **quiet)
-        s.show.click(select_preview, [s.oid], [preview], **quiet)
+        s.show.click(select_preview, [s.oid], [preview], js=scroll_js, **quiet)
         s.delete.click(delete, ids, scene, **quiet)

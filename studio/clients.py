@@ -25,7 +25,9 @@ RETRY_STATUSES = (429, 503)
 MIN_ANSWER_TOKENS = 64  # fewer answer tokens than this and a chat reply is not worth asking for
 # 503s that waiting cannot fix (a component switched off by configuration): answered at once, not retried.
 PERMANENT_CODES = {"imagegen_off"}
-ServiceState = Literal["ready", "loading", "down"]
+ServiceState = Literal["ready", "loading", "busy", "down"]
+HealthFailure = Literal["", "timeout", "unreachable"]
+HEALTH_TIMEOUT_S = 5.0  # a health check that takes longer counts as a slow answer (busy), not as an answer
 
 
 class ServiceError(Exception):
@@ -48,6 +50,12 @@ class Health:
     message: str
     queue_depth: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    failure: HealthFailure = ""  # set when the check itself failed: no answer in time, or no connection
+
+    @property
+    def usable(self) -> bool:
+        """Actions may be tried: the service is ready, or was and only answers slowly now."""
+        return self.state in ("ready", "busy")
 
 
 def _retry_after(response: httpx.Response, attempt: int, cap: float) -> float:
@@ -119,11 +127,15 @@ class _Service:
         raise AssertionError("unreachable")
 
     async def health(self) -> Health:
-        """Ready/loading/down with the service's own reason; never raises."""
+        """Ready/loading/down with the service's own reason, from one check; never raises. A check that gets no
+        answer in time says "busy" and one that cannot connect says "down", each marked as a failed check, so that
+        `HealthWatch` can tell a service under load from one that is gone."""
         try:
-            r = await self.http.get(self.root + self.health_path, headers=self.headers, timeout=5.0)
+            r = await self.http.get(self.root + self.health_path, headers=self.headers, timeout=HEALTH_TIMEOUT_S)
+        except httpx.TimeoutException:
+            return Health("busy", f"no answer within {HEALTH_TIMEOUT_S:g} s", failure="timeout")
         except httpx.HTTPError:
-            return Health("down", f"not reachable at {self.root}")
+            return Health("down", f"not reachable at {self.root}", failure="unreachable")
         if r.status_code == 404:  # every service of ours has this path: something else answers at this address
             return await self._without_health_route()
         try:
@@ -168,7 +180,7 @@ class LLMClient(_Service):
         """Other OpenAI-compatible servers (vLLM serves `/health`, hosted APIs none) have no NIM health route; one
         that lists its models at `/v1/models` can answer, so it counts as ready."""
         try:
-            r = await self.http.get(self.root + "/v1/models", headers=self.headers, timeout=5.0)
+            r = await self.http.get(self.root + "/v1/models", headers=self.headers, timeout=HEALTH_TIMEOUT_S)
         except httpx.HTTPError:
             r = None
         if r is not None and r.status_code == 200:
@@ -192,6 +204,22 @@ class LLMClient(_Service):
         async for delta in self._generate(messages, extra, wanted=max_tokens, min_tokens=min_tokens):
             yield delta
 
+    async def stream_json(
+        self,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any],
+        name: str,
+        *,
+        max_tokens: int,
+        min_tokens: int = MIN_ANSWER_TOKENS,
+    ) -> AsyncIterator[str]:
+        """One `json_schema` call, its content deltas as they arrive; the caller validates the joined text. Closing
+        the iterator early closes the connection, which tells the server to stop generating."""
+        fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+        extra = {"temperature": self.settings.ui_plan_temperature, "response_format": fmt}
+        async for delta in self._generate(messages, extra, wanted=max_tokens, min_tokens=min_tokens):
+            yield delta
+
     async def complete_json(
         self,
         messages: list[dict[str, str]],
@@ -202,9 +230,8 @@ class LLMClient(_Service):
         min_tokens: int = MIN_ANSWER_TOKENS,
     ) -> str:
         """One `json_schema` call; returns the raw content for the caller to validate."""
-        fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
-        extra = {"temperature": self.settings.ui_plan_temperature, "response_format": fmt}
-        return "".join([d async for d in self._generate(messages, extra, wanted=max_tokens, min_tokens=min_tokens)])
+        deltas = self.stream_json(messages, schema, name, max_tokens=max_tokens, min_tokens=min_tokens)
+        return "".join([d async for d in deltas])
 
     # --- one call ------------------------------------------------------------------------------------------
     async def _generate(

@@ -15,7 +15,7 @@ from typing import Any
 from servicekit.protocol import MAX_SEED
 from studio.clients import ContentFiltered, ServiceError
 from studio.context import StudioContext
-from studio.status import part_state
+from studio.status import part_state, wants_3d
 from studio.workspace import JobProgress, ModelRef, Scene, SceneObject
 
 
@@ -35,11 +35,9 @@ def job_params(
 
 
 def _wants_3d(obj: SceneObject, object_ids: list[str] | None) -> bool:
-    if obj.image is None or obj.state != "ready":
-        return False
     if object_ids:
-        return obj.id in object_ids
-    return obj.model_state not in ("ready", "queued", "running")
+        return obj.image is not None and obj.state == "ready" and obj.id in object_ids
+    return wants_3d(obj)
 
 
 async def generate_3d(
@@ -129,7 +127,7 @@ async def _give_up(ctx: StudioContext, scene_id: str, active: dict[str, str]) ->
             obj = scene.find(object_id)
             if obj is not None and obj.job is not None and obj.job.id == job_id:
                 obj.model_state, obj.job = "failed", None
-                obj.model_error = "Lost contact with the 3D service; press → 3D to try again."
+                obj.model_error = "Lost contact with the 3D service; press Make 3D to try again."
     active.clear()
     yield scene
 

@@ -1,14 +1,23 @@
-"""Scene plans: what the LLM is asked for, how its answer is checked, and how an edit updates the current plan.
+"""Scene plans: the wire format the LLM fills, how it is read while it streams, and how it becomes the scene.
 
-A plan is requested in ONE `json_schema` call. The wire format uses whole centimetres and degrees because integer
-ranges keep the constrained grammar short and bounded (a float lets a weak model ramble digits); the studio
-converts to metres. The service guarantees the JSON matches the schema; pydantic still validates it, because the
-studio must not trust a service it does not own, and adds the rules a schema cannot say (≤ 30 words, no blank
-names after trimming).
+The wire format is built for constrained decoding on a weak model: five short keys an object, every string and
+number bounded by the schema (so the grammar cannot ramble), whole centimetres as integers of at most three
+digits, and no field the studio can supply itself (ids, floor height, rotation). A typical object is ~45 tokens
+with the SmolLM2 tokenizer, a 4-object plan ~200; the old format took ~95 an object. The stored `SceneObject` and
+`Layout` are the studio's own; only this module knows the wire format.
+
+`count` is in the schema only when the user's words name a quantity ("two chairs", "4 stools"): otherwise every
+new object is one copy and kept objects keep theirs, whatever the model would have said.
+
+A plan streams (`PlanStream`): each object becomes a card as soon as its name and prompt are complete, and an
+object that repeats an earlier name or prompt ends the plan (weak models loop on their last object until the
+array is full). The service guarantees the JSON matches the schema; pydantic still validates it, because the
+studio must not trust a service it does not own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import unicodedata
@@ -16,18 +25,33 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import from_json
 
-from studio.workspace import Layout, SceneObject, new_id
+from studio.workspace import Layout, SceneObject
 
-MAX_PROMPT_WORDS = 30
-NAME_MAX_CHARS = 40
-PROMPT_MAX_CHARS = 220
-SCENE_NAME_MAX_CHARS = 60
-MAX_COUNT = 12
-MAX_CM = 3000
-
-
+NAME_MAX_CHARS = 32
+PROMPT_MAX_CHARS = 120
+SCENE_NAME_MAX_CHARS = 40
+MAX_COUNT = 6
+MAX_CM = 999  # at most three digits: a bounded number of tokens
+SIZE_KEYS, POS_KEYS = ("width", "depth", "height"), ("x", "y")
+QUANTITY = re.compile(
+    r"\b(\d+|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|pair|couple|several|few|many|"
+    r"multiple|dozen|copies|set of)\b",
+    re.I,
+)
 MD_SPECIAL = set("\\`*_[]<>#|")
+
+
+class Mode(StrEnum):
+    """What a message is for; the user sets it in the chat column, nothing guesses it."""
+
+    PLAN = "plan"  # plan a new scene when there is none, else edit the current plan
+    ASK = "ask"  # a normal streamed answer
+
+
+class PlanError(Exception):
+    """The LLM's answer was not a usable plan; the message is for the user."""
 
 
 def md_escape(text: str) -> str:
@@ -52,30 +76,23 @@ def not_blank(value: str, what: str) -> str:
     return value
 
 
-class Intent(StrEnum):
-    CHAT = "chat"  # greetings, questions, small talk: a normal streamed answer
-    SCENE = "scene"  # a new scene request: a new plan
-    EDIT = "edit"  # add / remove / change objects of the current plan
+def asks_for_copies(text: str) -> bool:
+    """Whether the user's words name a quantity, so the plan may say how many copies of an object to make."""
+    return bool(QUANTITY.search(text))
 
 
-class PlanError(Exception):
-    """The LLM's answer was not a usable plan; the message is for the user."""
+# --- the wire format --------------------------------------------------------------------------------------------
+Cm = Field(ge=-MAX_CM, le=MAX_CM)
 
 
 class WireObject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(max_length=24)
     name: str = Field(min_length=1, max_length=NAME_MAX_CHARS)
     prompt: str = Field(min_length=1, max_length=PROMPT_MAX_CHARS)
-    count: int = Field(ge=1, le=MAX_COUNT)
-    x_cm: int = Field(ge=-MAX_CM, le=MAX_CM)
-    y_cm: int = Field(ge=-MAX_CM, le=MAX_CM)
-    z_cm: int = Field(ge=-MAX_CM, le=MAX_CM)
-    width_cm: int = Field(ge=1, le=MAX_CM)
-    depth_cm: int = Field(ge=1, le=MAX_CM)
-    height_cm: int = Field(ge=1, le=MAX_CM)
-    rotation_deg: int = Field(ge=0, le=359)
+    count: int | None = Field(None, ge=1, le=MAX_COUNT)  # None: not asked for (see `asks_for_copies`)
+    size_cm: tuple[int, int, int] = (100, 100, 100)
+    pos_cm: tuple[int, int] = (0, 0)
 
     @field_validator("name")
     @classmethod
@@ -84,257 +101,409 @@ class WireObject(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_words(cls, v: str) -> str:
-        words = clean_text(v).split()
-        if not words:
-            raise ValueError("image prompt is blank")
-        return " ".join(words[:MAX_PROMPT_WORDS])  # the schema cannot count words; trim rather than refuse
+    def _prompt_not_blank(cls, v: str) -> str:
+        return not_blank(v, "image prompt")
 
-    def layout(self) -> Layout:
-        return Layout(
-            position=(self.x_cm / 100, self.y_cm / 100, self.z_cm / 100),
-            size=(self.width_cm / 100, self.depth_cm / 100, self.height_cm / 100),
-            rotation_deg=float(self.rotation_deg),
+    @field_validator("size_cm")
+    @classmethod
+    def _size(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not all(1 <= n <= MAX_CM for n in v):
+            raise ValueError(f"sizes are 1 to {MAX_CM} cm")
+        return v
+
+    @field_validator("pos_cm")
+    @classmethod
+    def _pos(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not all(-MAX_CM <= n <= MAX_CM for n in v):
+            raise ValueError(f"positions are -{MAX_CM} to {MAX_CM} cm")
+        return v
+
+    def layout(self, old: Layout | None = None) -> Layout:
+        """Metres; the floor height and rotation are not on the wire: a kept object keeps its own, a new one 0."""
+        (x, y), (w, d, h) = self.pos_cm, self.size_cm
+        z, rotation = (old.position[2], old.rotation_deg) if old else (0.0, 0.0)
+        return Layout(position=(x / 100, y / 100, z), size=(w / 100, d / 100, h / 100), rotation_deg=rotation)
+
+    @classmethod
+    def of(cls, obj: SceneObject, *, counts: bool) -> WireObject:
+        """A stored object as the planner sees it (clamped to the wire's bounds)."""
+        (x, y, _), size = obj.layout.position, obj.layout.size
+        return cls.model_construct(
+            name=obj.name[:NAME_MAX_CHARS],
+            prompt=obj.prompt[:PROMPT_MAX_CHARS],
+            count=min(max(obj.count, 1), MAX_COUNT) if counts else None,
+            size_cm=tuple(min(max(round(v * 100), 1), MAX_CM) for v in size),
+            pos_cm=tuple(min(max(round(v * 100), -MAX_CM), MAX_CM) for v in (x, y)),
         )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
 
 
 class WirePlan(BaseModel):
+    """A new plan: the scene's name and its objects."""
+
     model_config = ConfigDict(extra="forbid")
 
-    scene_name: str = Field(min_length=1, max_length=SCENE_NAME_MAX_CHARS)
+    scene: str = Field(min_length=1, max_length=SCENE_NAME_MAX_CHARS)
     objects: list[WireObject] = Field(min_length=1)
 
-    @field_validator("scene_name")
+    @field_validator("scene")
     @classmethod
     def _scene_name(cls, v: str) -> str:
         return not_blank(v, "scene name")
+
+
+class WireEdit(BaseModel):
+    """An edit of the current plan: names to remove (the schema allows only current names), objects to add, and
+    current objects (by name) with their changed fields. Anything not named stays as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    remove: list[str] = Field(default_factory=list)
+    add: list[WireObject] = Field(default_factory=list)
+    change: list[WireObject] = Field(default_factory=list)
 
 
 def _int(lo: int, hi: int) -> dict[str, Any]:
     return {"type": "integer", "minimum": lo, "maximum": hi}
 
 
-def plan_schema(max_objects: int) -> dict[str, Any]:
-    """The JSON schema sent with `response_format` (strict: every property required, nothing extra)."""
-    obj_props: dict[str, Any] = {
-        "id": {"type": "string", "maxLength": 24},
-        "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_CHARS},
-        "prompt": {"type": "string", "minLength": 1, "maxLength": PROMPT_MAX_CHARS},
-        "count": _int(1, MAX_COUNT),
-        "x_cm": _int(-MAX_CM, MAX_CM),
-        "y_cm": _int(-MAX_CM, MAX_CM),
-        "z_cm": _int(-MAX_CM, MAX_CM),
-        "width_cm": _int(1, MAX_CM),
-        "depth_cm": _int(1, MAX_CM),
-        "height_cm": _int(1, MAX_CM),
-        "rotation_deg": _int(0, 359),
-    }
-    item = {"type": "object", "properties": obj_props, "required": list(obj_props), "additionalProperties": False}
-    return {
-        "type": "object",
-        "properties": {
-            "scene_name": {"type": "string", "minLength": 1, "maxLength": SCENE_NAME_MAX_CHARS},
-            "objects": {"type": "array", "items": item, "minItems": 1, "maxItems": max_objects},
-        },
-        "required": ["scene_name", "objects"],
-        "additionalProperties": False,
-    }
+def _ints(n: int, lo: int, hi: int) -> dict[str, Any]:
+    return {"type": "array", "items": _int(lo, hi), "minItems": n, "maxItems": n}
+
+
+def _strict(props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def _array(items: dict[str, Any], lo: int, hi: int) -> dict[str, Any]:
+    return {"type": "array", "items": items, "minItems": lo, "maxItems": hi}
+
+
+def _object_schema(counts: bool, names: list[str] | None = None) -> dict[str, Any]:
+    name = {"enum": names} if names else {"type": "string", "minLength": 1, "maxLength": NAME_MAX_CHARS}
+    return _strict(
+        {
+            "name": name,
+            "prompt": {"type": "string", "minLength": 1, "maxLength": PROMPT_MAX_CHARS},
+            **({"count": _int(1, MAX_COUNT)} if counts else {}),
+            "size_cm": _ints(3, 1, MAX_CM),
+            "pos_cm": _ints(2, -MAX_CM, MAX_CM),
+        }
+    )
+
+
+def plan_schema(max_objects: int, *, counts: bool = False) -> dict[str, Any]:
+    """The JSON schema of a new plan, sent with `response_format` (strict: every property required, nothing
+    extra). `counts`: the user named a quantity, so objects say how many copies."""
+    scene = {"type": "string", "minLength": 1, "maxLength": SCENE_NAME_MAX_CHARS}
+    return _strict({"scene": scene, "objects": _array(_object_schema(counts), 1, max_objects)})
+
+
+def edit_schema(current: list[str], max_objects: int, *, counts: bool = False) -> dict[str, Any]:
+    """The JSON schema of an edit of a plan whose objects have the names `current`."""
+    names = list(dict.fromkeys(current))
+    return _strict(
+        {
+            "remove": _array({"enum": names}, 0, len(names)),
+            "add": _array(_object_schema(counts), 0, max(0, max_objects - len(current))),
+            "change": _array(_object_schema(counts, names), 0, len(names)),
+        }
+    )
 
 
 def plan_min_tokens() -> int:
     """The answer budget a plan call needs at least: a plan of one object with every string at its longest and
-    every number at its widest, counted in bytes (ASCII text never takes more tokens than bytes). With less room
-    the studio drops old chat history first, then asks the user to shorten the message."""
-    longest = {
-        "id": "x" * 24,
-        "name": "x" * NAME_MAX_CHARS,
-        "prompt": "x" * PROMPT_MAX_CHARS,
-        "count": MAX_COUNT,
-        **{k: -MAX_CM for k in ("x_cm", "y_cm", "z_cm")},
-        **{k: MAX_CM for k in ("width_cm", "depth_cm", "height_cm")},
-        "rotation_deg": 359,
-    }
-    return len(json.dumps({"scene_name": "x" * SCENE_NAME_MAX_CHARS, "objects": [longest]}))
+    every number at its widest, counted in bytes (ASCII text never takes more tokens than bytes). An edit's
+    shortest answer is shorter. With less room the studio drops the oldest context first, then asks the user to
+    shorten the message."""
+    longest = {"name": "x" * NAME_MAX_CHARS, "prompt": "x" * PROMPT_MAX_CHARS, "count": MAX_COUNT}
+    longest |= {"size_cm": [MAX_CM] * 3, "pos_cm": [-MAX_CM] * 2}
+    return len(json.dumps({"scene": "x" * SCENE_NAME_MAX_CHARS, "objects": [longest]}))
 
 
-INTENT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"intent": {"type": "string", "enum": [i.value for i in Intent]}},
-    "required": ["intent"],
-    "additionalProperties": False,
-}
-
-
-def parse_plan(text: str, max_objects: int) -> WirePlan:
+def parse_plan(text: str, max_objects: int, model: type[WirePlan | WireEdit] = WirePlan) -> WirePlan | WireEdit:
     """Validate the LLM's JSON; raise `PlanError` with a plain message when it is not a usable plan."""
     try:
         data = json.loads(text)
     except ValueError as e:
         raise PlanError("The planner's answer was not valid JSON.") from e
+    return validate_plan(data, max_objects, model)
+
+
+def validate_plan(data: Any, max_objects: int, model: type[WirePlan | WireEdit] = WirePlan) -> WirePlan | WireEdit:
     try:
-        plan = WirePlan.model_validate(data)
+        plan = model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise PlanError(f"The planner's answer was not a usable plan ({where}: {first['msg']}).") from e
-    if len(plan.objects) > max_objects:
+    if isinstance(plan, WirePlan) and len(plan.objects) > max_objects:
         raise PlanError(f"The planner proposed {len(plan.objects)} objects; the limit is {max_objects}.")
     return plan
 
 
-# --- intent ----------------------------------------------------------------------------------------------------
-# Clear cases are decided by rules: instant, and independent of how good the model is. Only unclear messages cost
-# an LLM call (a tiny json_schema classification).
-_GREETING = re.compile(
-    r"^\s*(hi|hello|hey|hiya|howdy|yo|thanks|thank you|cheers|good (morning|afternoon|evening)|"
-    r"bye|goodbye|ok|okay|cool|great|nice)\b[\s!.,:)]*$",
-    re.I,
-)
-_EDIT = re.compile(
-    r"\b(add|remove|delete|drop|replace|change|swap|move|rename|bigger|smaller|larger|taller|"
-    r"shorter|more|fewer|less|instead|without|also|another|extra|get rid of)\b",
-    re.I,
-)
-_SCENE = re.compile(
-    r"\b(make|create|build|generate|design|model|draw|plan|set up|furnish|give me|i want|"
-    r"i'd like|i would like|i need|show me|let's do|scene|room|diorama)\b",
-    re.I,
-)
-_QUESTION = re.compile(
-    r"(\?\s*$)|^\s*(what|how|why|who|when|where|which|is|are|do|does|can|could|should|"
-    r"would|will|explain|tell me)\b",
-    re.I,
-)
-_NOUN_PHRASE = re.compile(r"^\s*(an?|the|my|some)\s+\S+", re.I)
+# --- reading a plan while it streams ----------------------------------------------------------------------------
+class PlanStream:
+    """A plan's (or an edit's) JSON text as it arrives, re-read after each chunk with pydantic-core's partial JSON
+    parser (an unfinished string is left out, so a name or prompt that is present is complete). `found` holds, per
+    list of objects, those with a complete name and prompt, up to the first that repeats an earlier name or prompt
+    of its list (`repeated`: the answer ends there; what follows that list is dropped)."""
+
+    def __init__(self, max_objects: int, model: type[WirePlan | WireEdit] = WirePlan) -> None:
+        self.max_objects = max_objects
+        self.model = model
+        self.lists = ("objects",) if model is WirePlan else ("add", "change")
+        self.text = ""
+        self.data: dict[str, Any] = {}
+        self.found: dict[str, list[WireObject]] = {key: [] for key in self.lists}
+        self.repeated_in: str | None = None  # the list where an object repeated: the answer ends there
+
+    @property
+    def repeated(self) -> bool:
+        return self.repeated_in is not None
+
+    @property
+    def objects(self) -> list[WireObject]:
+        return [o for key in self.lists for o in self.found[key]]
+
+    def feed(self, delta: str) -> bool:
+        """Add a chunk; True when `found` changed (a new card, or more of the last one's fields)."""
+        self.text += delta
+        try:
+            data = from_json(self.text, allow_partial=True)
+        except ValueError:
+            return False
+        self.data = data if isinstance(data, dict) else {}
+        before = dict(self.found)
+        for key in self.lists:
+            self.found[key], repeated = self._readable(self.data.get(key))
+            if repeated:
+                self.repeated_in = key
+                break
+        return self.found != before
+
+    @staticmethod
+    def _readable(raw: Any) -> tuple[list[WireObject], bool]:
+        """The readable objects of a streamed list, and whether the list repeated itself after them."""
+        out: list[WireObject] = []
+        for item in raw if isinstance(raw, list) else []:
+            obj = _partial_object(item)
+            if obj is None:
+                break
+            if any(
+                o.name.casefold() == obj.name.casefold() or o.prompt.casefold() == obj.prompt.casefold() for o in out
+            ):
+                return out, True
+            out.append(obj)
+        return out, False
+
+    def plan(self) -> WirePlan | WireEdit:
+        """The finished answer: the whole text, or what came before the first repeat when it ended there."""
+        if not self.repeated:
+            return parse_plan(self.text, self.max_objects, self.model)
+        data = {k: v for k, v in self.data.items() if k not in self.lists}
+        for key in self.lists[: self.lists.index(str(self.repeated_in)) + 1]:
+            data[key] = [o.wire() for o in self.found[key]]
+        return validate_plan(data, self.max_objects, self.model)
 
 
-def classify_intent(message: str, *, has_plan: bool) -> Intent | None:
-    """Intent by rules, or None when only the LLM can tell."""
-    text = message.strip()
-    if not text or _GREETING.match(text):
-        return Intent.CHAT
-    if has_plan and _EDIT.search(text):
-        return Intent.EDIT
-    if _SCENE.search(text):
-        return Intent.SCENE
-    if _QUESTION.search(text):
-        return Intent.CHAT
-    if _NOUN_PHRASE.match(text) and len(text.split()) <= 12:
-        return Intent.SCENE  # "a cozy reading corner", "a pirate ship deck"
-    return None
-
-
-def parse_intent(text: str, *, has_plan: bool) -> Intent:
+def _partial_object(item: Any) -> WireObject | None:
+    """A streamed object once its name and prompt are complete, its other fields where already valid."""
+    if not isinstance(item, dict) or "prompt" not in item:
+        return None
     try:
-        intent = Intent(json.loads(text)["intent"])
-    except (ValueError, KeyError, TypeError):
-        return Intent.CHAT  # an unreadable classification falls back to the harmless choice
-    return Intent.SCENE if intent is Intent.EDIT and not has_plan else intent
+        obj = WireObject(name=item.get("name", ""), prompt=item["prompt"])
+    except ValidationError:
+        return None
+    for key in ("count", "size_cm", "pos_cm"):
+        with contextlib.suppress(KeyError, ValidationError):
+            obj = WireObject.model_validate({**obj.model_dump(), key: item[key]})
+    return obj
 
 
-# --- prompts ---------------------------------------------------------------------------------------------------
+# --- prompts ----------------------------------------------------------------------------------------------------
 CHAT_SYSTEM = (
-    "You are the assistant of a chat-to-3D studio. Users describe a scene; the studio plans its "
-    "objects, draws a concept image of each and turns each image into a 3D model. Answer greetings "
-    "and questions briefly and helpfully. To start, a user can describe a scene such as "
+    "You are the assistant of a chat-to-3D studio. Users describe a scene; the studio plans its objects, draws a "
+    "concept image of each and turns each image into a 3D model. Answer greetings and questions briefly and "
+    "helpfully. To plan a scene, the user picks 'Plan the scene' above the message box and describes it, such as "
     "'a cozy reading corner'."
 )
+FIELDS = (
+    "name: the object's short name. prompt: a concept image of the object alone on a white background, with its "
+    "material, colour and style, in under 20 words. {count}size_cm: width, depth and height in centimetres. "
+    "pos_cm: x and y on the floor in centimetres, the scene's centre at 0, 0."
+)
+COUNT_FIELD = "count: how many copies, 1 unless the user asks for more. "
+# One worked example (measured with SmolLM2-135M: without it the model plans one object or loops; with it, it
+# lists the objects the user names).
+EXAMPLE_REQUEST = "a home office with a desk, an office chair and a bookshelf"
+EXAMPLE_OBJECTS = [
+    WireObject(name="Desk", prompt="a wooden writing desk with two drawers, light oak", size_cm=(120, 60, 75)),
+    WireObject(
+        name="Office chair", prompt="a black mesh office chair on wheels", size_cm=(60, 60, 100), pos_cm=(0, -60)
+    ),
+    WireObject(
+        name="Bookshelf", prompt="a tall white bookshelf full of books", size_cm=(80, 30, 180), pos_cm=(-120, 40)
+    ),
+]
 
-INTENT_SYSTEM = (
-    "Classify the user's last message for a chat-to-3D studio. 'scene': they describe or ask for a "
-    "new scene or set of objects. 'edit': they want to add, remove or change objects of the current "
-    "plan. 'chat': greetings, questions, anything else."
+
+# The edit's example is another scene, so its names never match the user's (SmolLM2 copies a matching name).
+EXAMPLE_EDIT_SCENE = [
+    WireObject(name="Bench", prompt="a wooden garden bench with iron armrests", size_cm=(150, 60, 80)),
+    WireObject(
+        name="Fountain", prompt="a round stone fountain with three tiers", size_cm=(120, 120, 150), pos_cm=(200, 0)
+    ),
+]
+EXAMPLE_EDIT_REQUEST = "remove the fountain and add a bird bath"
+EXAMPLE_EDIT = WireEdit(
+    remove=["Fountain"],
+    add=[
+        WireObject(
+            name="Bird bath", prompt="a grey stone bird bath on a pedestal", size_cm=(50, 50, 80), pos_cm=(200, 0)
+        )
+    ],
 )
 
 
-def plan_system(max_objects: int) -> str:
+def plan_system(max_objects: int, *, counts: bool) -> str:
     return (
-        "You plan 3D scenes for a chat-to-3D studio. Reply with JSON only, matching the schema. "
-        f"List between 1 and {max_objects} distinct physical objects that make up the scene (no floors, walls, "
-        "sky or lighting). For each: a short name; a prompt of at most 30 words for a concept image showing the "
-        "object alone, whole, centred, on a plain white background, describing material, colour and style; "
-        "count (how many copies); a rough layout in centimetres with x to the right, y forward, z up, z_cm = 0 "
-        "on the floor, the object's width, depth and height, and its rotation about the vertical axis in "
-        'degrees. Use id "" for new objects and keep the id of every object you keep from the current plan.'
+        "You plan 3D scenes for a chat-to-3D studio. Reply with JSON only. scene: a short title. objects: the "
+        f"physical objects the user asks for, usually 2 to 5 and never more than {max_objects}, each once (no "
+        "floor, walls, sky or lighting). " + FIELDS.format(count=COUNT_FIELD if counts else "")
     )
 
 
-def current_plan_json(objects: list[SceneObject], scene_name: str) -> str:
-    rows = []
-    for o in objects:
-        (x, y, z), (w, d, h) = o.layout.position, o.layout.size
-        rows.append(
-            {
-                "id": o.id,
-                "name": o.name,
-                "prompt": o.prompt,
-                "count": o.count,
-                "x_cm": round(x * 100),
-                "y_cm": round(y * 100),
-                "z_cm": round(z * 100),
-                "width_cm": round(w * 100),
-                "depth_cm": round(d * 100),
-                "height_cm": round(h * 100),
-                "rotation_deg": round(o.layout.rotation_deg) % 360,
-            }
-        )
-    return json.dumps({"scene_name": scene_name, "objects": rows}, ensure_ascii=False)
+def edit_system(*, counts: bool) -> str:
+    return (
+        "You edit the plan of a 3D scene for a chat-to-3D studio. Reply with JSON only. remove: the names of the "
+        "objects the user wants gone. add: the new objects the user asks for. change: the objects the user wants "
+        "different, with all their fields. Leave a list empty when the user asks for nothing of its kind; "
+        "everything else stays as it is. " + FIELDS.format(count=COUNT_FIELD if counts else "")
+    )
+
+
+def plan_json(objects: list[WireObject], scene: str | None = None) -> str:
+    body: dict[str, Any] = {"scene": scene} if scene is not None else {}
+    return json.dumps({**body, "objects": [o.wire() for o in objects]}, ensure_ascii=False)
+
+
+def edit_request(current: list[WireObject], request: str) -> str:
+    return f"The current plan:\n{plan_json(current)}\n\nChange it as I ask: {request}"
 
 
 def plan_messages(
-    history: list[dict[str, str]],
     request: str,
     *,
     max_objects: int,
     current: list[SceneObject] | None = None,
-    scene_name: str = "",
+    earlier: list[str] | None = None,
 ) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": plan_system(max_objects)}, *history]
-    if current:
-        messages.append(
-            {
-                "role": "user",
-                "content": "The current plan is:\n"
-                + current_plan_json(current, scene_name)
-                + "\n\nUpdate it as I ask, keeping everything else: "
-                + request,
-            }
-        )
-    else:
-        messages.append({"role": "user", "content": "Plan this scene: " + request})
-    return messages
+    """The planning context: instructions, one worked example, and the request; for an edit also the user's own
+    earlier requests for this scene (oldest first, one message each, so the budget drops the oldest first) and the
+    current plan. Nothing the assistant said, no error text."""
+    counts = asks_for_copies(request)
+    copies = {"count": 1 if counts else None}
+    if not current:
+        example = [o.model_copy(update=copies) for o in EXAMPLE_OBJECTS]
+        return [
+            {"role": "system", "content": plan_system(max_objects, counts=counts)},
+            {"role": "user", "content": "Plan this scene: " + EXAMPLE_REQUEST},
+            {"role": "assistant", "content": plan_json(example, "Home office")},
+            {"role": "user", "content": "Plan this scene: " + request},
+        ]
+    scene = [o.model_copy(update=copies) for o in EXAMPLE_EDIT_SCENE]
+    answer = EXAMPLE_EDIT.model_copy(update={"add": [o.model_copy(update=copies) for o in EXAMPLE_EDIT.add]})
+    return [
+        {"role": "system", "content": edit_system(counts=counts)},
+        {"role": "user", "content": edit_request(scene, EXAMPLE_EDIT_REQUEST)},
+        {"role": "assistant", "content": json.dumps(answer.model_dump(exclude_none=True), ensure_ascii=False)},
+        *({"role": "user", "content": "Earlier request for this scene: " + text} for text in earlier or []),
+        {"role": "user", "content": edit_request([WireObject.of(o, counts=counts) for o in current], request)},
+    ]
 
 
-# --- applying a plan -------------------------------------------------------------------------------------------
-def merge_plan(current: list[SceneObject], plan: WirePlan) -> list[SceneObject]:
-    """The new object list: kept objects keep their id, image and model; a changed prompt sends the card back to
-    waiting (its old image stays on disk); objects the plan dropped leave the board (files stay on disk)."""
-    by_id = {o.id: o for o in current}
-    by_name = {o.name.casefold(): o for o in current}
-    out: list[SceneObject] = []
-    used: set[str] = set()
-    for w in plan.objects:
-        old = by_id.get(w.id) or by_name.get(w.name.casefold())
-        if old is not None and old.id not in used:
-            used.add(old.id)
-            obj = old.model_copy(deep=True)
-            obj.name, obj.count, obj.layout = w.name, w.count, w.layout()
-            if w.prompt != old.prompt:
-                obj.prompt, obj.state, obj.error, obj.image, obj.variants = w.prompt, "waiting", "", None, []
-                obj.model_state, obj.model, obj.job, obj.model_error = "none", None, None, ""
-            out.append(obj)
+# --- applying a plan ---------------------------------------------------------------------------------------------
+def apply_edit(current: list[SceneObject], edit: WireEdit, new_ids: list[str]) -> list[SceneObject]:
+    """The object list after `edit` (a new plan is an edit of nothing that adds its objects): removed objects leave
+    the board (files stay on disk); a changed or re-added object keeps its id, image and model unless its prompt
+    changed (then its card waits for a new image); added object i gets `new_ids[i]`, so a card keeps its id from
+    the first streamed glimpse to the saved plan."""
+    gone = {name.casefold() for name in edit.remove}
+    copies = [o.model_copy(deep=True) for o in current]
+    out = [o for o in copies if o.name.casefold() not in gone]
+    by_name = {o.name.casefold(): o for o in reversed(out)}
+    removed = {o.name.casefold(): o for o in reversed(copies) if o.name.casefold() in gone}
+    for w in edit.change:
+        if w.name.casefold() in by_name:
+            _update(by_name[w.name.casefold()], w)
+    for w, oid in zip(edit.add, new_ids, strict=False):
+        key = w.name.casefold()
+        if key in by_name:  # "added" again: a change of the object already there
+            _update(by_name[key], w)
+            continue
+        obj = removed.pop(key, None)  # removed and added back under its name: the same object, changed
+        if obj is not None:
+            _update(obj, w)
         else:
-            out.append(SceneObject(id=new_id("obj-"), name=w.name, prompt=w.prompt, count=w.count, layout=w.layout()))
+            obj = SceneObject(id=oid, name=w.name, prompt=w.prompt, count=w.count or 1, layout=w.layout())
+        by_name[key] = obj
+        out.append(obj)
     return out
 
 
-def describe_plan(name: str, objects: list[SceneObject], *, edited: bool) -> str:
-    """The chat reply that accompanies a new or updated plan."""
-    head = f"Updated the plan for **{md_escape(name)}**" if edited else f"Here is a plan for **{md_escape(name)}**"
-    lines = [f"{head} ({len(objects)} object{'s' if len(objects) != 1 else ''}):"]
+def _update(obj: SceneObject, w: WireObject) -> None:
+    """Apply what differs from the object as the planner saw it (a copied field changes nothing)."""
+    seen = WireObject.of(obj, counts=w.count is not None)
+    if w.count is not None and w.count != seen.count:
+        obj.count = w.count
+    if (w.size_cm, w.pos_cm) != (seen.size_cm, seen.pos_cm):
+        obj.layout = w.layout(obj.layout)
+    if w.prompt != seen.prompt:
+        obj.prompt, obj.state, obj.error, obj.image, obj.variants = w.prompt, "waiting", "", None, []
+        obj.model_state, obj.model, obj.job, obj.model_error = "none", None, None, ""
+
+
+def plan_changes(before: list[SceneObject], after: list[SceneObject]) -> dict[str, list[str]]:
+    """Names of the objects an edit added, removed and changed (all empty: nothing changed)."""
+    old, new = {o.id: o for o in before}, {o.id: o for o in after}
+    fields = {"name", "prompt", "count", "layout"}
+    return {
+        "added": [o.name for o in after if o.id not in old],
+        "removed": [o.name for o in before if o.id not in new],
+        "changed": [
+            o.name
+            for o in after
+            if o.id in old and o.model_dump(include=fields) != old[o.id].model_dump(include=fields)
+        ],
+    }
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(f"**{md_escape(n)}**" for n in names)
+
+
+def describe_plan(name: str, objects: list[SceneObject], changes: dict[str, list[str]] | None = None) -> str:
+    """The chat reply that accompanies a new plan (`changes` None) or an edit."""
+    n = f"{len(objects)} object{'s' if len(objects) != 1 else ''}"
+    if changes is None:
+        head = f"Here is a plan for **{md_escape(name)}** ({n}):"
+    else:
+        done = "; ".join(f"{what} {_names(names)}" for what, names in changes.items() if names)
+        head = f"Updated the plan for **{md_escape(name)}**: {done}. Now {n}:"
+    lines = [head]
     for o in objects:
         w, d, h = o.layout.size
         copies = f" ×{o.count}" if o.count > 1 else ""
         lines.append(f"- **{md_escape(o.name)}**{copies} — {w:g}×{d:g}×{h:g} m")
     lines.append("\nThe cards on the board fill in as each image arrives. Ask me to add, remove or change objects.")
     return "\n".join(lines)
+
+
+def nothing_changed(request: str) -> str:
+    return (
+        f"Nothing changed: the planner found nothing to add, remove or change in “{md_escape(request)}”, so the "
+        "scene stays as it was. Name the object and what to do with it, e.g. “add a floor lamp” or “remove the rug”."
+    )

@@ -15,17 +15,24 @@ from typing import Any
 
 import gradio as gr
 
-from studio import board_slots, handlers
+from studio import board_slots, board_view, handlers
 from studio.context import StudioContext
 from studio.events import GPU, bind
+from studio.planner import Mode
 
 TITLE = "Chat-to-3D studio"
 STORAGE_KEY = "chat3d-current-scene"
-CSS = """
-.card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px; }
-.card-filtered, .card-failed { border-color: #cf222e; }
-#status-header { font-size: 0.95em; padding: 4px 0; }
-"""
+PREVIEW_HEIGHT = 440
+EMPTY_BOARD = (
+    '<div class="empty-board"><p class="empty-title">No objects yet</p>'
+    "<p>Describe a scene in the chat, for example “a cozy reading corner”. Its objects appear here as cards: "
+    "each gets a concept image, then a 3D model.</p></div>"
+)
+# A card's *Preview* brings the large preview into view (the click's own input passes through unchanged).
+SCROLL_TO_PREVIEW = (
+    "(oid) => { document.getElementById('preview-panel')?.scrollIntoView({behavior: 'smooth', block: 'start'});"
+    " return oid; }"
+)
 # Gradio buttons have no tooltip option: a disabled button whose label ends in "(reason)" gets that reason as its
 # tooltip, kept current as the status header re-labels buttons.
 TOOLTIP_JS = """
@@ -55,8 +62,10 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
         saved_id = gr.BrowserState(None, storage_key=STORAGE_KEY, secret=browser_secret)
         shown = gr.State([None, None])
         timer = gr.Timer(ctx.settings.ui_status_interval_s)
-        gr.Markdown(f"## {TITLE}")
-        status = gr.HTML('<div id="status-header">Checking the services…</div>')
+        with gr.Row(elem_id="topbar", equal_height=True):
+            gr.HTML(f'<div id="brand"><span class="mark"></span><h1>{TITLE}</h1></div>')
+            status = gr.HTML('<div id="status-header">Checking the services…</div>')
+        draw_blocked = gr.State("")  # why the cards cannot draw images now ("" when they can)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 chatbot = gr.Chatbot(
@@ -65,6 +74,16 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
                     buttons=["copy"],
                     placeholder="Describe a scene, e.g. “a cozy reading corner”.",
                 )
+                # What a message is for, set by the user (never guessed): plan (or edit) the scene, or ask.
+                mode = gr.Radio(
+                    [("Plan the scene", Mode.PLAN.value), ("Ask", Mode.ASK.value)],
+                    value=Mode.PLAN.value,
+                    label="Mode",
+                    show_label=False,
+                    container=False,
+                    elem_id="chat-mode",
+                )
+                busy = gr.State("")  # why Send is disabled while the last message is answered ("" when it is not)
                 message = gr.Textbox(
                     show_label=False,
                     placeholder="Describe a scene or ask a question…",
@@ -78,11 +97,37 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
                 with gr.Accordion("My scenes", open=False):
                     scenes = gr.Dropdown(label="Saved scenes", choices=[], interactive=True, allow_custom_value=True)
                     open_btn = gr.Button("Open scene")
-            with gr.Column(scale=3, min_width=480):
-                with gr.Row():
-                    draw_btn = gr.Button("Draw images", interactive=False)
-                    all3d_btn = gr.Button("Generate all 3D", variant="primary", interactive=False)
-                    cancel_btn = gr.Button("Cancel 3D", variant="stop")
+            with gr.Column(scale=5, min_width=520, elem_id="board-column"):
+                with gr.Row(elem_id="toolbar", equal_height=True):
+                    title = gr.HTML(board_view.scene_title(None), elem_id="board-title")
+                    draw_btn = gr.Button("Draw images", size="md", interactive=False)
+                    all3d_btn = gr.Button("Generate all 3D", variant="primary", size="md", interactive=False)
+                    cancel_btn = gr.Button("Cancel 3D", variant="stop", size="md", interactive=False)
+                # The scene on screen lives in a State (its change event fires only on a real change); a hidden
+                # JSON mirror carries it to API clients, which do not receive State values.
+                scene_state = gr.State(None)
+                scene_json = gr.JSON(label="Scene file (scene.json)", visible=False)
+                scene_api = gr.Button(visible=False)  # only a handle for the /scene API endpoint
+                board_shown = gr.State({})  # what each card slot shows now, so updates send only changes
+                gr.HTML(EMPTY_BOARD, elem_id="board-empty")
+                slots = board_slots.build_slots(ctx.settings.ui_max_objects)
+                with gr.Column(elem_id="preview-panel"):
+                    with gr.Row(equal_height=True, elem_id="preview-bar"):
+                        gr.HTML('<span class="preview-title">Preview</span>', elem_id="preview-title")
+                        preview = gr.Dropdown(
+                            label="Object",
+                            show_label=False,
+                            choices=[],
+                            interactive=True,
+                            container=False,
+                            elem_id="preview-choice",
+                        )
+                        download = gr.DownloadButton("Download GLB", size="md", interactive=False)
+                    with gr.Row(equal_height=True):
+                        preview_image = gr.Image(
+                            label="Image", type="filepath", interactive=False, height=PREVIEW_HEIGHT, scale=2
+                        )
+                        preview_model = gr.Model3D(label="3D model", height=PREVIEW_HEIGHT, scale=3)
                 with gr.Accordion("3D settings", open=False):
                     with gr.Row():
                         seed = gr.Number(0, label="Seed (0 = random)", precision=0, minimum=0)
@@ -94,19 +139,6 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
                         ss_cfg = gr.Slider(0, 10, 7.5, step=0.5, label="Structure guidance (CFG)")
                         slat_cfg = gr.Slider(0, 10, 3.0, step=0.5, label="Detail guidance (CFG)")
                 params = [seed, ss_steps, slat_steps, ss_cfg, slat_cfg, no_texture]
-                # The scene on screen lives in a State (its change event fires only on a real change); a hidden
-                # JSON mirror carries it to API clients, which do not receive State values.
-                scene_state = gr.State(None)
-                scene_json = gr.JSON(label="Scene file (scene.json)", visible=False)
-                scene_api = gr.Button(visible=False)  # only a handle for the /scene API endpoint
-                with gr.Accordion("Preview", open=True):
-                    preview = gr.Dropdown(label="Object", choices=[], interactive=True)
-                    with gr.Row():
-                        preview_image = gr.Image(label="2D", type="filepath", interactive=False, height=300)
-                        preview_model = gr.Model3D(label="3D", height=300)
-                    download = gr.DownloadButton("Download GLB", interactive=False)
-                board_shown = gr.State({})  # what each card slot shows now, so updates send only changes
-                slots = board_slots.build_slots(ctx.settings.ui_max_objects)
                 with gr.Accordion("Export", open=False):
                     export_btn = gr.Button("Export scene", interactive=False)
                     with gr.Row():
@@ -116,25 +148,30 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
         # --- wiring --------------------------------------------------------------------------------------------
         scene = [scene_state, scene_json]
         cards = [o for slot in slots for o in slot.outputs()]
-        header = [status, send, draw_btn, all3d_btn, export_btn]
+        header = [status, send, draw_btn, all3d_btn, cancel_btn, export_btn, draw_blocked]
         pictures = [preview_image, preview_model, download, shown]
         quiet: dict[str, Any] = {"api_visibility": "private"}
         remember = {"fn": bind(handlers.remember_scene, ctx), "inputs": [scene_id], "outputs": [saved_id, scenes]}
         refresh_status = bind(handlers.refresh_status, ctx)
         demo.load(bind(handlers.restore, ctx), [saved_id], [scene_id, *scene, chatbot, scenes], **quiet).then(
-            refresh_status, [scene_state], header, **quiet
+            refresh_status, [scene_state, busy], header, **quiet
         )
-        timer.tick(refresh_status, [scene_state], header, queue=False, show_progress="hidden", **quiet)
+        timer.tick(refresh_status, [scene_state, busy], header, queue=False, show_progress="hidden", **quiet)
+        # A message is refused while the last one is answered (Send says why); the turn's end frees Send whether
+        # it succeeded or not.
         gr.on(
             [message.submit, send.click],
             handlers.add_user_message,
-            [message, chatbot],
-            [message, chatbot],
+            [message, chatbot, mode, busy],
+            [message, chatbot, busy],
             queue=False,
             **quiet,
-        ).then(
-            bind(handlers.respond, ctx), [chatbot, scene_id], [chatbot, *scene, scene_id], api_name="chat", **gpu
-        ).then(**remember, **quiet).then(bind(handlers.draw_pending, ctx), [scene_id], scene, **gpu, **quiet)
+        ).success(
+            bind(handlers.respond, ctx), [chatbot, scene_id, mode], [chatbot, *scene, scene_id], api_name="chat", **gpu
+        ).then(handlers.end_turn, None, [busy], queue=False, **quiet).then(**remember, **quiet).then(
+            bind(handlers.draw_pending, ctx), [scene_id], scene, **gpu, **quiet
+        )
+        busy.change(refresh_status, [scene_state, busy], header, queue=False, show_progress="hidden", **quiet)
         draw_btn.click(bind(handlers.generate_images, ctx), [scene_id], scene, api_name="generate_images", **gpu)
         all3d_btn.click(bind(handlers.generate_all_3d, ctx), [scene_id, *params], scene, api_name="generate_3d", **gpu)
         cancel_btn.click(
@@ -143,23 +180,29 @@ def build_ui(ctx: StudioContext) -> gr.Blocks:
         export_btn.click(
             bind(handlers.export, ctx), [scene_id], [export_zip, composed], api_name="export", concurrency_limit=None
         )
-        start_over.click(bind(handlers.new_scene, ctx), None, [scene_id, *scene, chatbot], api_name="new_scene").then(
-            **remember, **quiet
-        )
+        start_over.click(
+            bind(handlers.new_scene, ctx), [scene_id, busy], [scene_id, *scene, chatbot], api_name="new_scene"
+        ).then(**remember, **quiet)
         open_btn.click(
-            bind(handlers.open_scene, ctx), [scenes], [scene_id, *scene, chatbot], api_name="open_scene"
+            bind(handlers.open_scene, ctx), [scenes, busy], [scene_id, *scene, chatbot], api_name="open_scene"
         ).then(**remember, **quiet)
         # One listener for all that a new scene on screen changes, so each change validates the scene once; a
         # burst of progress ticks collapses into the latest.
         scene_state.change(
             bind(handlers.show_scene, ctx),
-            [scene_state, board_shown, preview, shown],
-            [*cards, board_shown, preview, *header, *pictures],
+            [scene_state, board_shown, preview, shown, busy],
+            [*cards, board_shown, title, preview, *header, *pictures],
             show_progress="hidden",
             trigger_mode="always_last",
             **quiet,
         )
-        board_slots.wire_slots(ctx, slots, scene_id=scene_id, scene=scene, preview=preview, params=params)
+        # Whether images can be drawn changes the cards' drawing buttons: re-label them when it changes.
+        draw_blocked.change(
+            bind(handlers.show_board, ctx), [scene_state, board_shown], [*cards, board_shown], queue=False, **quiet
+        )
+        board_slots.wire_slots(
+            ctx, slots, scene_id=scene_id, scene=scene, preview=preview, params=params, scroll_js=SCROLL_TO_PREVIEW
+        )
         preview.change(bind(handlers.show_preview, ctx), [scene_state, preview, shown], pictures, queue=False, **quiet)
         scene_api.click(bind(handlers.get_scene, ctx), [scene_id], scene, api_name="scene")
     return demo

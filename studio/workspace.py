@@ -3,7 +3,8 @@
 The file is the source of truth: every change loads the scene fresh under a per-scene lock, applies one small
 edit and writes it back atomically (temp file + rename), so overlapping clicks and several tabs never lose each
 other's work, and a crash never leaves a half-written file. File names come from ids we generate, never from
-user text. Nothing here deletes a file: removing an object only drops it from the plan.
+user text. Nothing here deletes a file: removing an object only drops it from the plan. Files are written readable
+by the user's other tools (a viewer, Blender, a file manager), as any file the user saved would be.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 SCHEMA_VERSION = 1
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+FILE_MODE = 0o644  # what the process umask leaves of it; mkstemp alone would leave 0600 (owner only)
 
 CardState = Literal["waiting", "generating", "ready", "filtered", "failed"]
 ModelState = Literal["none", "queued", "running", "ready", "failed", "cancelled", "filtered"]
@@ -74,10 +76,14 @@ class SceneObject(BaseModel):
 
 
 class ChatRecord(BaseModel):
-    """One message of the scene's chat as scene.json keeps it (the LLM's wire message is another type)."""
+    """One message of the scene's chat as scene.json keeps it (the LLM's wire message is another type). `kind`
+    says which mode it was sent in: a "plan" request (a new scene or an edit) and its summary, or a "chat" question
+    and its answer. Only the user's "plan" messages go back to the planner; records written before kinds existed
+    count as "chat", so nothing of unknown origin reaches a plan."""
 
     role: Literal["user", "assistant"]
     content: str
+    kind: Literal["plan", "chat"] = Field("chat", exclude_if=lambda kind: kind == "chat")  # old files save the same
 
 
 class Scene(BaseModel):
@@ -92,6 +98,11 @@ class Scene(BaseModel):
 
     def find(self, object_id: str) -> SceneObject | None:
         return next((o for o in self.objects if o.id == object_id), None)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing worth keeping yet: no objects and no chat (a fresh start that was never used)."""
+        return not self.objects and not self.chat
 
 
 class SceneSummary(BaseModel):
@@ -113,10 +124,24 @@ def check_id(value: str) -> str:
     return value
 
 
+def process_umask() -> int:
+    """The umask, read without changing it where Linux shows it (changing it, even briefly, races other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE & ~process_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -175,7 +200,8 @@ class Workspace:
                 s = Scene.model_validate_json(entry.read_bytes())
             except (ValidationError, OSError, ValueError):
                 continue  # a foreign or damaged folder is skipped, never touched
-            out.append(SceneSummary(id=s.id, name=s.name, updated=s.updated, objects=len(s.objects)))
+            if not s.empty:  # a fresh start nobody used is not a scene to reopen
+                out.append(SceneSummary(id=s.id, name=s.name, updated=s.updated, objects=len(s.objects)))
         return sorted(out, key=lambda s: s.updated, reverse=True)
 
     def write_image(self, scene_id: str, object_id: str, seed: int, png: bytes) -> str:
@@ -203,10 +229,12 @@ class Workspace:
         scene = self.load(scene_id)
         changed = False
         for obj in scene.objects:
-            if obj.state == "generating":
-                obj.state, obj.error, changed = "failed", "Interrupted; press retry.", True
+            if obj.state == "generating" and obj.image is not None:  # a redraw: the card keeps the image it had
+                obj.state, obj.error, changed = "ready", "The new image was interrupted.", True
+            elif obj.state == "generating":
+                obj.state, obj.error, changed = "failed", "Interrupted; press Retry.", True
             if obj.model_state in ("queued", "running"):
-                obj.model_state, obj.model_error, obj.job = "failed", "Interrupted; press → 3D again.", None
+                obj.model_state, obj.model_error, obj.job = "failed", "Interrupted; press Make 3D again.", None
                 changed = True
         if changed:
             self.save(scene)

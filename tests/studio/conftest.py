@@ -44,7 +44,7 @@ def make_ctx(services: tuple[str, str, dict, dict], tmp_path: Path) -> Callable[
     llm, trellis, llm_state, trellis_state = services
     llm_state.clear()
     llm_state.update(plans=[], busy=0, log=[])
-    trellis_state.update(flag=[], job_polls=2, log=[], imagegen_off=False)
+    trellis_state.update(flag=[], job_polls=2, log=[], imagegen_off=False, health_delay_s=0, draw=None, model=None)
 
     def make(**overrides: Any) -> StudioContext:
         values: dict[str, Any] = {

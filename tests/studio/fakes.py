@@ -16,36 +16,18 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 
 PLAN = {
-    "scene_name": "Reading corner",
+    "scene": "Reading corner",
     "objects": [
-        {
-            "id": "",
-            "name": "Armchair",
-            "prompt": "a green velvet armchair",
-            "count": 1,
-            "x_cm": 0,
-            "y_cm": 0,
-            "z_cm": 0,
-            "width_cm": 80,
-            "depth_cm": 90,
-            "height_cm": 100,
-            "rotation_deg": 0,
-        },
-        {
-            "id": "",
-            "name": "Floor lamp",
-            "prompt": "a brass floor lamp",
-            "count": 1,
-            "x_cm": 100,
-            "y_cm": 0,
-            "z_cm": 0,
-            "width_cm": 40,
-            "depth_cm": 40,
-            "height_cm": 160,
-            "rotation_deg": 0,
-        },
+        {"name": "Armchair", "prompt": "a green velvet armchair", "size_cm": [80, 90, 100], "pos_cm": [0, 0]},
+        {"name": "Floor lamp", "prompt": "a brass floor lamp", "size_cm": [40, 40, 160], "pos_cm": [100, 0]},
     ],
 }
+NO_EDIT = {"remove": [], "add": [], "change": []}  # an edit answer that changes nothing
+
+
+def edit(*, remove: list[str] | None = None, add: list[dict[str, Any]] | None = None) -> str:
+    """An edit answer in the planner's wire format."""
+    return json.dumps({**NO_EDIT, "remove": remove or [], "add": add or []})
 
 
 def error(status: int, message: str, code: str | None = None, retry_after: int | None = None) -> JSONResponse:
@@ -69,7 +51,7 @@ def fake_llm(state: dict[str, Any]) -> FastAPI:
     (enforced like nim_llm: 400 `context_length_exceeded` when prompt + max_tokens is over it), `tokenize`
     (serve `POST /tokenize`), `models_context` (report `max_model_len` in `/v1/models`); `tokenize_log` and
     `models_log` record those calls. Streams: `chunk_chars` a chunk, `chunk_delay_s` between chunks, `stall_s`
-    before the first one.
+    before chunk number `stall_at` (default 0: before the first one).
     """
     app = FastAPI()
 
@@ -119,13 +101,17 @@ def fake_llm(state: dict[str, Any]) -> FastAPI:
 
 
 async def _sse(content: str, state: dict[str, Any]) -> Any:
-    await asyncio.sleep(state.get("stall_s", 0))
     size = state.get("chunk_chars", 5)
     for i, part in enumerate(content[j : j + size] for j in range(0, len(content), size)):
+        if i == state.get("stall_at", 0):
+            await asyncio.sleep(state.get("stall_s", 0))
         if i:
             await asyncio.sleep(state.get("chunk_delay_s", 0))
         yield "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": part}}]}) + "\n\n"
     yield "data: [DONE]\n\n"
+
+
+IMAGEGEN_OFF = "text-to-image is off (no IMAGEGEN_MODEL)"
 
 
 def _png(seed: int) -> bytes:
@@ -135,18 +121,22 @@ def _png(seed: int) -> bytes:
 
 
 def fake_trellis(state: dict[str, Any]) -> FastAPI:
-    """`state`: flag (words that get prompts filtered), job_polls (polls before a job finishes), log."""
+    """`state`: flag (words that get prompts filtered), job_polls (polls before a job finishes), log, imagegen_off
+    (text-to-image refuses, and health says it is off), health_delay_s (a slow health check). Optional makers of
+    what it sends: `draw(prompt, seed) -> PNG bytes`, `model(job body) -> GLB bytes`."""
     app = FastAPI()
     jobs: dict[str, dict[str, Any]] = {}
 
     @app.get("/v1/health/ready")
-    def ready() -> Any:
+    async def ready() -> Any:
+        await asyncio.sleep(state.get("health_delay_s", 0))
+        imagegen = {"state": "off", "detail": IMAGEGEN_OFF} if state.get("imagegen_off") else {"state": "ready"}
         return {
             "status": "ready",
             "message": "ready",
-            "queue_depth": len(jobs),
+            "queue_depth": sum(j["status"] in ("queued", "running") for j in jobs.values()),
             "profile": "fake",
-            "backends": {"imagegen": {"state": "ready", "detail": "ok"}},
+            "backends": {"imagegen": {"detail": "ok", **imagegen}},
         }
 
     @app.post("/v1/moderations")
@@ -159,14 +149,15 @@ def fake_trellis(state: dict[str, Any]) -> FastAPI:
         body = await request.json()
         state.setdefault("log", []).append(body)
         if state.get("imagegen_off"):
-            return error(503, "text-to-image is off (no IMAGEGEN_MODEL)", "imagegen_off", retry_after=5)
+            return error(503, IMAGEGEN_OFF, "imagegen_off", retry_after=5)
         if any(w in body["prompt"] for w in state.get("flag", [])):
             return error(400, "the prompt was flagged by the safety classifier", "content_filtered")
         seeds = [body["seed"] + i for i in range(body["n"])]
+        draw = state.get("draw") or (lambda prompt, seed: _png(seed))
         return {
             "created": int(time.time()),
             "backend": "fake",
-            "data": [{"b64_json": base64.b64encode(_png(s)).decode(), "seed": s} for s in seeds],
+            "data": [{"b64_json": base64.b64encode(draw(body["prompt"], s)).decode(), "seed": s} for s in seeds],
         }
 
     @app.post("/v1/jobs", status_code=202)
@@ -201,7 +192,8 @@ def fake_trellis(state: dict[str, Any]) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}/result")
     def result(job_id: str) -> Any:
-        glb = trimesh.Scene(trimesh.creation.box()).export(file_type="glb")
+        model = state.get("model")
+        glb = model(jobs[job_id]["body"]) if model else trimesh.Scene(trimesh.creation.box()).export(file_type="glb")
         return Response(
             glb, media_type="model/gltf-binary", headers={"X-Seed": str(jobs[job_id]["seed"]), "X-Backend": "fake"}
         )

@@ -79,11 +79,32 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @contextlib.contextmanager
+def studio_app(
+    data_dir: Path, log_dir: Path, env: dict[str, str], llm: str, trellis: str, **app_env: str
+) -> Iterator[str]:
+    """The studio app (app.py, its real entry point) on a free port, talking to the given services; yields its URL."""
+    port = free_port()
+    ui_env = {
+        **env,
+        "DATA_DIR": str(data_dir),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "LLM_BASE_URL": f"{llm}/v1",
+        "TRELLIS_BASE_URL": trellis,
+        **app_env,
+    }
+    with process(["app.py"], ui_env, log_dir / "app.log") as ap:
+        app = f"http://127.0.0.1:{port}"
+        wait_ready(f"{app}/", ap, log_dir / "app.log")
+        yield app
+
+
+@contextlib.contextmanager
 def stack(root: Path, cache_dir: Path, profile: str = "tiny", **app_env: str) -> Iterator[Stack]:
     """Start LLM and 3D services (in parallel), then the studio app; yield their URLs."""
     data_dir, log_dir = root / "data", root / "logs"
     env = base_env(data_dir, cache_dir, profile)
-    llm_port, trellis_port, app_port = free_port(), free_port(), free_port()
+    llm_port, trellis_port = free_port(), free_port()
     llm, trellis = f"http://127.0.0.1:{llm_port}", f"http://127.0.0.1:{trellis_port}"
     with (
         process(["-m", "nim_llm.run_llama_local"], {**env, "LLM_PORT": str(llm_port)}, log_dir / "llm.log") as lp,
@@ -93,15 +114,5 @@ def stack(root: Path, cache_dir: Path, profile: str = "tiny", **app_env: str) ->
     ):
         wait_ready(f"{llm}/v1/health/ready", lp, log_dir / "llm.log")
         wait_ready(f"{trellis}/v1/health/ready", tp, log_dir / "trellis.log")
-        ui_env = {
-            **env,
-            "GRADIO_SERVER_NAME": "127.0.0.1",
-            "GRADIO_SERVER_PORT": str(app_port),
-            "LLM_BASE_URL": f"{llm}/v1",
-            "TRELLIS_BASE_URL": trellis,
-            **app_env,
-        }
-        with process(["app.py"], ui_env, log_dir / "app.log") as ap:
-            app = f"http://127.0.0.1:{app_port}"
-            wait_ready(f"{app}/", ap, log_dir / "app.log")
+        with studio_app(data_dir, log_dir, env, llm, trellis, **app_env) as app:
             yield Stack(llm, trellis, app, data_dir, log_dir)

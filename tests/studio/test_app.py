@@ -44,7 +44,7 @@ def test_named_endpoints_drive_a_whole_scene(demo: object) -> None:
 
 # Scripts and tests call these through gradio_client: their parameters (in order) and number of outputs are a contract.
 NAMED_ENDPOINTS = {
-    "/chat": (["history"], 2),
+    "/chat": (["history", "mode"], 2),  # mode: "plan" (the default) or "ask"
     "/generate_images": ([], 1),
     "/generate_3d": (["seed", "ss_steps", "slat_steps", "ss_cfg", "slat_cfg", "no_texture"], 1),
     "/cancel_3d": ([], 0),

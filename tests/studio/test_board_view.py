@@ -28,8 +28,9 @@ def scene_with(*objects: SceneObject) -> Scene:
 
 def test_header_shows_state_reason_and_queue_depth() -> None:
     html = header_html(snapshot(llm=Health("loading", "warming up the model"), trellis=Health("ready", "ok", 3)))
-    assert "LLM: loading" in html and "warming up the model" in html
-    assert "3D: ready" in html and "queue 3" in html
+    assert "LLM loading" in html and "warming up the model" in html  # the service's reason, under Details
+    assert "chat opens when it is ready" in html  # what it means for the user
+    assert "3D ready" in html and "3 jobs in the 3D queue" in html
 
 
 def test_actions_are_disabled_with_a_reason_until_possible() -> None:
@@ -43,8 +44,8 @@ def test_actions_are_disabled_with_a_reason_until_possible() -> None:
 def test_imagegen_off_disables_drawing_and_says_upload() -> None:
     off = Health("ready", "ready", 0, {"backends": {"imagegen": {"state": "off", "detail": "no image model"}}})
     g = gates(snapshot(trellis=off), scene_with(SceneObject(id="obj-00000001", name="a", prompt="p")))
-    assert g.draw == (False, "Draw images (text-to-image unavailable)")
-    assert "upload your own images" in header_html(snapshot(trellis=off))
+    assert g.draw == (False, "Draw images (text-to-image off)")
+    assert "upload an image for each object" in header_html(snapshot(trellis=off))
 
 
 def test_header_says_what_the_3d_service_cannot_make() -> None:
@@ -53,16 +54,16 @@ def test_header_says_what_the_3d_service_cannot_make() -> None:
         "background_removal": {"state": "ready", "detail": "rembg available"},
     }
     html = header_html(snapshot(trellis=Health("ready", "ready", 0, {"backends": parts})))
-    assert "textured GLBs are unavailable (nvdiffrast.torch: ModuleNotFoundError)" in html
+    assert "cannot bake textures" in html and "nvdiffrast.torch: ModuleNotFoundError" in html  # the reason: tooltip
     assert "transparent background" not in html
-    assert "textured" not in header_html(snapshot())  # a service that reports no parts can make everything
+    assert "textures" not in header_html(snapshot())  # a service that reports no parts can make everything
 
 
 def test_card_texts_show_state_error_and_job_progress() -> None:
     obj = SceneObject(id="obj-00000001", name="Lamp", prompt="p", count=2, state="filtered", error="flagged")
     assert "×2" in card_header(obj) and "filtered" in card_header(obj) and "flagged" in card_header(obj)
     obj.model_state, obj.job = "running", JobProgress(id="j", stage="sampling", progress=0.42)
-    assert model_status(obj) == "🧊 3D running — sampling · 42 %"
+    assert model_status(obj) == "3D running — sampling · 42 %"
     obj.model_state, obj.job = "queued", JobProgress(id="j", queue_position=3)
     assert "position 3" in model_status(obj)
 
@@ -77,14 +78,16 @@ def test_board_updates_send_only_changes(tmp_path: Path) -> None:
         image=ImageRef(file="images/obj-00000001-1.png", seed=1),
     )
     first, shown = board_updates(ctx.workspace, scene_with(obj), {}, 2)
-    assert len(first) == 2 * 9
-    assert first[0]["visible"] is True and first[4]["value"] == "a lamp"
-    assert first[9] == gr.skip() or first[9]["visible"] is False  # second slot hidden
+    n = len(SLOT_OUTPUTS)
+    assert len(first) == 2 * n
+    assert first[0]["visible"] is True and first[SLOT_OUTPUTS.index("prompt")]["value"] == "a lamp"
+    assert first[n] == gr.skip() or first[n]["visible"] is False  # second slot hidden
 
     obj.model_state, obj.job = "running", JobProgress(id="j", progress=0.5)
     again, _ = board_updates(ctx.workspace, scene_with(obj), shown, 2)
-    assert again[4] == gr.skip()  # the prompt is untouched: typing survives progress ticks
-    assert again[2]["value"].count("running") == 1 and again[8]["visible"] is True  # header, cancel button
+    assert again[SLOT_OUTPUTS.index("prompt")] == gr.skip()  # the prompt is untouched: typing survives progress ticks
+    assert "making 3D" in again[SLOT_OUTPUTS.index("header")]["value"]
+    assert again[SLOT_OUTPUTS.index("cancel")]["visible"] is True
 
 
 def test_board_changes_are_plain_props_and_none_where_unchanged(tmp_path: Path) -> None:
@@ -92,7 +95,7 @@ def test_board_changes_are_plain_props_and_none_where_unchanged(tmp_path: Path) 
     obj = SceneObject(id="obj-00000001", name="Lamp", prompt="a lamp")
     changes, shown = board_changes(ws, scene_with(obj), {}, 2)
     assert changes[SLOT_OUTPUTS.index("prompt")] == {"value": "a lamp"}
-    assert changes[SLOT_OUTPUTS.index("to_3d")] == {"interactive": False}  # no image yet
+    assert changes[SLOT_OUTPUTS.index("to_3d")]["interactive"] is False  # no image yet
     assert changes[len(SLOT_OUTPUTS)] == {"visible": False}  # the second slot stays hidden
     again, same = board_changes(ws, scene_with(obj), shown, 2)
     assert again == [None] * (2 * len(SLOT_OUTPUTS)) and same == shown

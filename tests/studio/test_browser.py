@@ -126,7 +126,7 @@ def requested_urls(driver: Any) -> set[str]:
 def test_scene_in_a_real_browser(browser: Any, live: Stack, artifacts: Path) -> None:
     browser.get(live.app)
     header = wait_for(lambda: browser.find_element(By.ID, "status-header"), "the status header")
-    wait_for(lambda: "LLM: ready" in header.text and "3D: ready" in header.text, "both services ready")
+    wait_for(lambda: "LLM ready" in header.text and "3D ready" in header.text, "both services ready")
 
     box = browser.find_element(By.CSS_SELECTOR, "textarea[placeholder^='Describe a scene or ask']")
     box.send_keys("Create a cozy reading corner")
@@ -137,9 +137,9 @@ def test_scene_in_a_real_browser(browser: Any, live: Stack, artifacts: Path) -> 
     # The tiny profile draws noise; upload a real-looking image so the 3D model is something the canvas shows.
     upload = shown[0].find_element(By.CSS_SELECTOR, "input[type=file]")
     upload.send_keys(str(colourful_disc(artifacts / "upload.png")))
-    wait_for(lambda: "image: uploaded" in cards(browser)[0].text, "the uploaded image on the card")
-    wait_for(lambda: card_button(cards(browser)[0], "→ 3D").is_enabled(), "the → 3D button")
-    card_button(cards(browser)[0], "→ 3D").click()
+    wait_for(lambda: "uploaded image" in cards(browser)[0].text, "the uploaded image on the card")
+    wait_for(lambda: card_button(cards(browser)[0], "Make 3D").is_enabled(), "the Make 3D button")
+    card_button(cards(browser)[0], "Make 3D").click()
     wait_for(lambda: "3D ready" in cards(browser)[0].text, "the card's 3D model")
     card_button(cards(browser)[0], "Preview").click()
     canvas = wait_for(

@@ -14,7 +14,8 @@ from studio.budget import Count, estimate_prompt_tokens, models_context, without
 from studio.chat import chat_turn
 from studio.clients import PromptTooLong, Services
 from studio.context import StudioContext
-from studio.planner import INTENT_SCHEMA, INTENT_SYSTEM, Intent, plan_messages, plan_min_tokens
+from studio.planner import plan_messages, plan_min_tokens
+from studio.workspace import ChatRecord, SceneObject
 from tests.studio.fakes import PLAN, fake_prompt_tokens
 from tests.studio.test_flow import run_turn, user
 
@@ -27,13 +28,21 @@ def calls(services: Any, name: str | None = None) -> list[dict[str, Any]]:
     return [b for b in log if b.get("response_format", {}).get("json_schema", {}).get("name") == name]
 
 
-def turns(ctx: StudioContext, texts: list[str]) -> list[str]:
+ANSWER_SCHEMA = {  # a tiny json_schema call
+    "type": "object",
+    "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
+def turns(ctx: StudioContext, texts: list[str], mode: str = "plan") -> list[str]:
     """Several turns on one event loop (so on one LLM client); the last reply of each."""
 
     async def run() -> list[str]:
         out = []
         for text in texts:
-            replies = [r async for r, _ in chat_turn(ctx, None, user(text))]
+            replies = [step.reply async for step in chat_turn(ctx, None, user(text), mode)]
             out.append(replies[-1])
         return out
 
@@ -70,9 +79,8 @@ def test_estimate_is_an_upper_bound_for_a_byte_level_tokenizer(text: str) -> Non
     from nim_llm.tiny import build_tokenizer  # byte-level BPE with a Llama-3-style chat template
 
     tokenizer = build_tokenizer()
-    messages = plan_messages(
-        [{"role": "user", "content": text}, {"role": "assistant", "content": text}], text, max_objects=20
-    )
+    current = [SceneObject(id="obj-00000001", name=text[:32] or "x", prompt=text[:120] or "x")]
+    messages = plan_messages(text, max_objects=20, current=current, earlier=[text, text])
     real = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
     assert len(real["input_ids"]) <= estimate_prompt_tokens(messages)
 
@@ -97,15 +105,14 @@ def test_plan_asks_for_the_setting_when_the_room_is_larger(make_ctx: Any, servic
     assert calls(services, "scene_plan")[0]["max_tokens"] == ctx.settings.ui_plan_max_tokens
 
 
-def test_chat_and_intent_calls_are_fitted_too(make_ctx: Any, services: Any) -> None:
+def test_chat_calls_are_fitted_too(make_ctx: Any, services: Any) -> None:
     services[2].update(tokenize=True, context=400)
     ctx = make_ctx()
-    turns(ctx, ["hello", "hmm"])  # a greeting (rules) and an unclear message (LLM intent call, then chat)
-    chats, intents = calls(services), calls(services, "intent")
-    assert len(chats) == 2 and len(intents) == 1
+    turns(ctx, ["hello", "hmm"], mode="ask")
+    chats = calls(services)
+    assert len(chats) == 2 and calls(services, "scene_plan") == []
     for body in chats:
         assert body["max_tokens"] == min(ctx.settings.ui_chat_max_tokens, 400 - fake_prompt_tokens(body["messages"]))
-    assert intents[0]["max_tokens"] == 32
 
 
 def test_estimate_and_models_context_used_when_the_server_cannot_count(make_ctx: Any, services: Any) -> None:
@@ -129,7 +136,7 @@ def test_the_server_is_asked_again_after_a_failed_call(make_ctx: Any, services: 
         out = []
         for busy in (0, 1, 0):
             services[2]["busy"] = busy
-            out.append([r async for r, _ in chat_turn(ctx, None, user("a cozy reading corner"))][-1])
+            out.append([s.reply async for s in chat_turn(ctx, None, user("a cozy reading corner"))][-1])
         return out
 
     replies = asyncio.run(run())
@@ -146,24 +153,26 @@ def test_unknown_context_retries_once_without_max_tokens(make_ctx: Any, services
     assert first["max_tokens"] == ctx.settings.ui_plan_max_tokens and "max_tokens" not in retry
 
 
-def test_oldest_history_goes_first_when_the_room_is_short(make_ctx: Any, services: Any) -> None:
-    history = [
-        {"role": role, "content": f"{role} turn {i}: " + "a long story about chairs " * 15}
-        for i, role in enumerate(["user", "assistant"] * 3)
-    ]
-    request = "Create a cozy reading corner"
-    full = plan_messages(history, request, max_objects=20)
-    services[2].update(plans=[json.dumps(PLAN)], tokenize=True)
-    services[2]["context"] = fake_prompt_tokens(full) + plan_min_tokens() - 50  # one turn too many
+def test_oldest_context_goes_first_when_the_room_is_short(make_ctx: Any, services: Any) -> None:
     ctx = make_ctx()
+    scene = ctx.workspace.create()
+    scene.objects = [SceneObject(id="obj-00000001", name="Armchair", prompt="a green armchair")]
+    earlier = [f"request {i}: " + "a long story about chairs " * 15 for i in range(3)]
+    scene.chat = [ChatRecord(role="user", content=text, kind="plan") for text in earlier]
+    ctx.workspace.save(scene)
+    request = "add a floor lamp"
+    full = plan_messages(request, max_objects=20, current=scene.objects, earlier=earlier)
+    services[2].update(plans=[json.dumps({"remove": [], "add": [], "change": []})], tokenize=True)
+    without = [full[0], *full[3:]]  # the worked example (the oldest turn) goes first
+    services[2]["context"] = fake_prompt_tokens(without) + plan_min_tokens() - 50  # one more turn too many
 
     async def run() -> list[str]:
-        return [r async for r, _ in chat_turn(ctx, None, [*history, {"role": "user", "content": request}])]
+        return [step.reply async for step in chat_turn(ctx, scene.id, user(request))]
 
     replies = asyncio.run(run())
-    assert "Here is a plan" in replies[-1]
-    (plan,) = calls(services, "scene_plan")
-    assert plan["messages"] == [full[0], *history[2:], full[-1]]  # the oldest turn (user + reply) went
+    assert replies[-1].startswith("Nothing changed")
+    (plan,) = calls(services, "scene_edit")
+    assert plan["messages"] == [full[0], *full[4:]]  # then the oldest earlier request
     assert plan["max_tokens"] >= plan_min_tokens()
 
 
@@ -196,17 +205,20 @@ def test_real_llm_service_counts_and_the_client_clamps(tmp_path_factory: pytest.
 
     cache = tmp_path_factory.getbasetemp() / "model-cache"
     llm_settings = Settings(_env_file=None, profile="tiny", cache_dir=cache, api_key=None, hf_token=None)
-    messages = [{"role": "system", "content": INTENT_SYSTEM}, {"role": "user", "content": "a reading corner"}]
+    messages = [
+        {"role": "system", "content": "Answer yes or no."},
+        {"role": "user", "content": "Is a chair furniture?"},
+    ]
 
     async def run(base_url: str) -> tuple[str, Count, str]:
         services = Services(Settings(_env_file=None, llm_base_url=base_url, api_key=None))
         try:
             # Far over any context: sent as is, the server would refuse it (400 context_length_exceeded).
-            raw = await services.llm.complete_json(messages, INTENT_SCHEMA, "intent", max_tokens=1_000_000)
+            raw = await services.llm.complete_json(messages, ANSWER_SCHEMA, "answer", max_tokens=1_000_000)
             count = await services.llm.counter.count(messages)
             huge = [messages[0], {"role": "user", "content": "chair " * 5000}]
             with pytest.raises(PromptTooLong) as too_long:
-                await services.llm.complete_json(huge, INTENT_SCHEMA, "intent", max_tokens=32)
+                await services.llm.complete_json(huge, ANSWER_SCHEMA, "answer", max_tokens=32)
             return raw, count, too_long.value.message
         finally:
             await services.aclose()
@@ -215,6 +227,6 @@ def test_real_llm_service_counts_and_the_client_clamps(tmp_path_factory: pytest.
         raw, count, message = asyncio.run(run(server.url))
         served = llm_settings.llm_served_name
         chat = server.client().chat.completions.create(model=served, messages=messages, max_tokens=1)
-    assert json.loads(raw)["intent"] in {i.value for i in Intent}
+    assert json.loads(raw)["answer"] in ("yes", "no")
     assert count.exact and count.context == 4096 and count.prompt_tokens == chat.usage.prompt_tokens
     assert "too long" in message and "4096" in message

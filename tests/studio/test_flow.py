@@ -13,24 +13,26 @@ import pytest
 from config import Settings
 from servicekit.protocol import MAX_SEED
 from studio import board, jobs
-from studio.chat import chat_turn, flatten_history
+from studio.chat import TurnStep, chat_turn, flatten_history
 from studio.clients import ContentFiltered, ServiceError
 from studio.context import StudioContext
 from studio.workspace import Scene
-from tests.studio.fakes import PLAN
+from tests.studio.fakes import NO_EDIT, PLAN, edit
 
 
 def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-async def run_turn(ctx: StudioContext, scene_id: str | None, text: str) -> tuple[list[str], Scene | None]:
-    replies: list[str] = []
-    last: Scene | None = None
-    async for reply, scene in chat_turn(ctx, scene_id, user(text)):
-        replies.append(reply)
-        last = scene
-    return replies, last
+async def steps_of(ctx: StudioContext, scene_id: str | None, text: str, mode: str = "plan") -> list[TurnStep]:
+    return [step async for step in chat_turn(ctx, scene_id, user(text), mode)]
+
+
+async def run_turn(
+    ctx: StudioContext, scene_id: str | None, text: str, mode: str = "plan"
+) -> tuple[list[str], Scene | None]:
+    steps = await steps_of(ctx, scene_id, text, mode)
+    return [s.reply for s in steps], steps[-1].scene
 
 
 def test_flatten_history_turns_parts_into_text() -> None:
@@ -42,8 +44,8 @@ def test_flatten_history_turns_parts_into_text() -> None:
     assert flatten_history(history) == [{"role": "user", "content": "a\nb"}, {"role": "assistant", "content": "hi"}]
 
 
-def test_greeting_streams_a_normal_answer_without_a_plan(make_ctx: Any, services: Any) -> None:
-    replies, scene = asyncio.run(run_turn(make_ctx(), None, "hello"))
+def test_ask_mode_streams_a_normal_answer_without_a_plan(make_ctx: Any, services: Any) -> None:
+    replies, scene = asyncio.run(run_turn(make_ctx(), None, "hello", "ask"))
     assert replies[-1] == "Hello there!" and len(replies) >= 3  # streamed, growing
     assert scene is None
     assert all("response_format" not in b for b in services[2]["log"])
@@ -72,19 +74,84 @@ def test_edit_updates_the_plan_instead_of_starting_over(make_ctx: Any, services:
     _, scene = asyncio.run(run_turn(ctx, None, "a cozy reading corner"))
     assert scene is not None
     chair = scene.objects[0]
-    edited = {
-        "scene_name": "Reading corner",
-        "objects": [
-            {**PLAN["objects"][0], "id": chair.id},
-            {**PLAN["objects"][1], "id": "", "name": "Bookshelf", "prompt": "a tall oak bookshelf"},
-        ],
-    }
-    services[2]["plans"] = [json.dumps(edited)]
+    shelf = {**PLAN["objects"][1], "name": "Bookshelf", "prompt": "a tall oak bookshelf"}
+    services[2]["plans"] = [edit(remove=["Floor lamp"], add=[shelf])]
     replies, after = asyncio.run(run_turn(ctx, scene.id, "remove the lamp and add a bookshelf"))
     assert after is not None and after.id == scene.id
     assert [o.name for o in after.objects] == ["Armchair", "Bookshelf"] and after.objects[0].id == chair.id
-    assert "Updated" in replies[-1]
-    assert chair.id in services[2]["log"][-1]["messages"][-1]["content"]  # the current plan was sent
+    assert "Updated the plan" in replies[-1] and "Bookshelf" in replies[-1] and "Floor lamp" in replies[-1]
+    call = services[2]["log"][-1]
+    assert call["response_format"]["json_schema"]["name"] == "scene_edit"
+    assert '"name": "Armchair"' in call["messages"][-1]["content"]  # the current plan was sent
+
+
+def test_a_plan_streams_its_cards_before_it_is_saved(make_ctx: Any, services: Any) -> None:
+    services[2].update(plans=[json.dumps(PLAN)], chunk_chars=8, chunk_delay_s=0.02)
+    ctx = make_ctx()
+    steps = asyncio.run(steps_of(ctx, None, "a cozy reading corner"))
+    streamed = [s for s in steps if s.provisional]
+    assert streamed and all(s.reply.startswith("Planning… ") for s in streamed)
+    first_card = next(i for i, s in enumerate(steps) if s.scene and s.scene.objects)
+    assert steps[first_card].provisional and [o.name for o in steps[first_card].scene.objects] == ["Armchair"]
+    assert not ctx.workspace.list() or ctx.workspace.list()[0].objects == 2  # nothing saved before the end
+    final = steps[-1]
+    assert not final.provisional and final.scene is not None and ctx.workspace.exists(final.scene.id)
+    card_ids = [o.id for o in streamed[-1].scene.objects]
+    assert [o.id for o in final.scene.objects] == card_ids  # a streamed card keeps its id once saved
+
+
+def test_a_plan_that_times_out_midway_leaves_the_scene_as_it_was(make_ctx: Any, services: Any) -> None:
+    ctx = make_ctx(ui_http_timeout_s=0.5, ui_http_retries=0)  # the timeout is what this tests
+    scene = plan_scene(ctx, services)
+    before = ctx.workspace.scene_dir(scene.id).joinpath("scene.json").read_bytes()
+    lamp = {**PLAN["objects"][1], "name": "Desk lamp", "prompt": "a desk lamp"}
+    services[2].update(plans=[edit(add=[lamp, {**lamp, "name": "Rug", "prompt": "a rug"}])], chunk_chars=10)
+    services[2].update(stall_at=12, stall_s=1.5)  # a stall after the first card streamed
+    steps = asyncio.run(steps_of(ctx, scene.id, "add a desk lamp and a rug"))
+    assert any(s.provisional and len(s.scene.objects) == 3 for s in steps)  # the streamed card was shown
+    assert "did not answer in time" in steps[-1].reply and "Nothing was changed" in steps[-1].reply
+    assert not steps[-1].provisional and [o.name for o in steps[-1].scene.objects] == ["Armchair", "Floor lamp"]
+    assert ctx.workspace.scene_dir(scene.id).joinpath("scene.json").read_bytes() == before
+
+
+def test_an_edit_that_changes_nothing_says_so_and_saves_nothing(make_ctx: Any, services: Any) -> None:
+    ctx = make_ctx()
+    scene = plan_scene(ctx, services)
+    before = ctx.workspace.scene_dir(scene.id).joinpath("scene.json").read_bytes()
+    services[2]["plans"] = [json.dumps(NO_EDIT)]
+    replies, after = asyncio.run(run_turn(ctx, scene.id, "add an armchair, a floor lamp and a small side table"))
+    assert replies[-1].startswith("Nothing changed: ") and after is not None and after.id == scene.id
+    assert ctx.workspace.scene_dir(scene.id).joinpath("scene.json").read_bytes() == before
+
+
+def test_the_planner_never_sees_errors_small_talk_or_summaries(make_ctx: Any, services: Any) -> None:
+    ctx = make_ctx(ui_http_timeout_s=0.5, ui_http_retries=0)
+    services[2].update(plans=[json.dumps(PLAN)] * 2, stall_s=1.5)
+    failed = asyncio.run(run_turn(ctx, None, "a cozy reading corner"))[0][-1]
+    services[2].update(stall_s=0)
+    scene = asyncio.run(run_turn(ctx, None, "a cozy reading corner"))[1]
+    assert scene is not None
+    asyncio.run(run_turn(ctx, scene.id, "hello, what can you do?", "ask"))
+    services[2]["plans"] = [json.dumps(NO_EDIT)]
+    history = [
+        *user("a cozy reading corner"),
+        {"role": "assistant", "content": failed},
+        *user("hello, what can you do?"),
+        {"role": "assistant", "content": "Hello there!"},
+        *user("add a floor lamp"),
+    ]
+
+    async def turn() -> None:
+        async for _ in chat_turn(ctx, scene.id, history):
+            pass
+
+    asyncio.run(turn())
+    sent = services[2]["log"][-1]
+    assert sent["response_format"]["json_schema"]["name"] == "scene_edit"
+    text = json.dumps(sent["messages"])
+    assert "did not answer" not in text and "Hello there" not in text and "what can you do" not in text
+    assert "Here is a plan" not in text
+    assert "Earlier request for this scene: a cozy reading corner" in text and "add a floor lamp" in text
 
 
 def test_flagged_scene_text_is_refused_before_planning(make_ctx: Any, services: Any) -> None:
@@ -227,16 +294,12 @@ def test_lost_3d_service_ends_the_wait_with_a_message(make_ctx: Any, services: A
     assert all(o.model_state == "failed" and "Lost contact" in o.model_error for o in final.objects)
 
 
-def test_imagegen_off_fails_cards_at_once_with_the_reason(make_ctx: Any, services: Any) -> None:
+def test_imagegen_off_refuses_drawing_at_once_and_leaves_cards_waiting(make_ctx: Any, services: Any) -> None:
     ctx = make_ctx()
     scene = plan_scene(ctx, services)
     services[3]["imagegen_off"] = True
 
-    async def timed() -> float:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        await collect(board.draw_images(ctx, scene.id))
-        return loop.time() - start
-
-    assert asyncio.run(timed()) < 2.0  # not retried: Retry-After 5 s would make this slow
-    assert all(o.state == "failed" and "text-to-image is off" in o.error for o in ctx.workspace.load(scene.id).objects)
+    with pytest.raises(board.UserError, match="Text-to-image is off: upload an image for each object"):
+        asyncio.run(collect(board.draw_images(ctx, scene.id)))
+    # Refused before anything was sent: the cards still wait for an image, none is marked failed.
+    assert all(o.state == "waiting" and not o.error for o in ctx.workspace.load(scene.id).objects)

@@ -19,9 +19,9 @@ from studio.context import StudioContext
 from studio.events import bind, scene_payload
 from studio.workspace import ImageRef, Scene, SceneObject, Workspace
 from tests.studio.conftest import png_bytes
-from tests.studio.fakes import PLAN
+from tests.studio.fakes import NO_EDIT, PLAN, edit
 
-N_STATUS_OUTPUTS, N_PREVIEW_OUTPUTS = 5, 4  # header and four buttons; image, model, download, shown
+N_STATUS_OUTPUTS, N_PREVIEW_OUTPUTS = 7, 4  # header, five buttons, draw_blocked; image, model, download, shown
 
 
 @pytest.fixture
@@ -79,16 +79,40 @@ def test_a_plan_turn_reads_its_scene_once(make_ctx: Any, services: Any, reads: C
     sid = turn(ctx, "a cozy reading corner", None)
     assert reads["loads"] == 0  # a new scene is built in memory and saved once
 
-    services[2]["plans"] = [json.dumps({**PLAN, "objects": PLAN["objects"][:1]})]
+    services[2]["plans"] = [edit(remove=["Floor lamp"])]
     reads.clear()
     assert turn(ctx, "remove the lamp", sid) == sid
     assert reads["loads"] == 2  # read once for the turn, once more under the lock to change it
     assert [o.name for o in ctx.workspace.load(sid).objects] == ["Armchair"]
 
-    services[2]["plans"] = [json.dumps(PLAN)]
+    services[2]["plans"] = [json.dumps(NO_EDIT)]
     reads.clear()
-    assert turn(ctx, "a pirate ship deck", sid) != sid
-    assert reads["loads"] == 1  # a new scene request moves on; the old scene is only read
+    assert turn(ctx, "a pirate ship deck", sid) == sid  # plan mode on a scene with objects edits it
+    assert reads["loads"] == 2  # nothing changed: the scene read under the lock is the one shown
+
+
+def test_ask_mode_answers_and_keeps_the_scene(make_ctx: Any, services: Any) -> None:
+    ctx = make_ctx()
+    services[2]["plans"] = [json.dumps(PLAN)]
+    sid = turn(ctx, "a cozy reading corner", None)
+    history = [{"role": "user", "content": "what is in my scene?"}]
+    outputs = asyncio.run(last(handlers.respond(ctx, history, sid, "ask")))
+    assert outputs[0][-1] == {"role": "assistant", "content": "Hello there!"} and outputs[-1] == sid
+    assert "response_format" not in services[2]["log"][-1]
+    assert "Armchair" in services[2]["log"][-1]["messages"][0]["content"]  # the system prompt knows the scene
+
+
+def test_send_is_refused_and_labelled_while_a_message_is_answered() -> None:
+    assert handlers.add_user_message(" a deck ", [], "plan", "") == (
+        "",
+        [{"role": "user", "content": "a deck"}],
+        "planning…",
+    )
+    assert handlers.add_user_message("hi", [], "ask", "")[2] == "answering…"
+    with pytest.raises(gr.Error, match="still planning"):
+        handlers.add_user_message("more", [], "plan", "planning…")
+    with pytest.raises(gr.Error, match="still planning"):
+        handlers.new_scene(None, None, "planning…")  # type: ignore[arg-type]
 
 
 def test_a_scene_change_validates_it_once_and_reads_no_file(make_ctx: Any, reads: Counter[str]) -> None:
@@ -104,12 +128,14 @@ def test_a_scene_change_validates_it_once_and_reads_no_file(make_ctx: Any, reads
 
     assert reads == {"validations": 1}
     n_cards = n_slots * len(SLOT_OUTPUTS)
-    assert len(out) == n_cards + 2 + N_STATUS_OUTPUTS + N_PREVIEW_OUTPUTS
-    cards, shown, preview = out[:n_cards], out[n_cards], out[n_cards + 1]
+    assert len(out) == n_cards + 3 + N_STATUS_OUTPUTS + N_PREVIEW_OUTPUTS
+    cards, shown, title, preview = out[:n_cards], out[n_cards], out[n_cards + 1], out[n_cards + 2]
+    assert "Chair" not in title and "2 objects · 1 image · 0 models" in title
     assert cards[SLOT_OUTPUTS.index("prompt")]["value"] == "a chair" and shown["1.prompt"] == {"value": "a lamp"}
     assert preview.choices == [("Chair", chair.id), ("Lamp", "obj-00000002")] and preview.value == chair.id
-    header, *buttons = out[n_cards + 2 : n_cards + 2 + N_STATUS_OUTPUTS]
-    assert "LLM: ready" in header and [b.interactive for b in buttons] == [True, True, True, True]
+    header, *buttons, draw_blocked = out[n_cards + 3 : n_cards + 3 + N_STATUS_OUTPUTS]
+    assert "LLM ready" in header and draw_blocked == ""
+    assert [b.interactive for b in buttons] == [True, True, True, False, True]  # send, draw, 3D, cancel, export
     image, model, _, files = out[-N_PREVIEW_OUTPUTS:]
     assert image == files[0] == str(ctx.workspace.path(scene.id, chair.image.file)) and model is None
 

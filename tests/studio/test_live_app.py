@@ -73,8 +73,8 @@ def test_scene_request_to_plan_images_glbs_and_export(client: Client, live: Stac
     assert Path(glb_path).read_bytes()[:4] == b"glTF"
 
 
-def test_greeting_streams_an_answer_and_makes_no_plan(client: Client) -> None:
-    job = client.submit(user("hello"), api_name="/chat")
+def test_a_question_in_ask_mode_streams_an_answer_and_makes_no_plan(client: Client) -> None:
+    job = client.submit(user("hello"), "ask", api_name="/chat")
     outputs = list(job)
     history, scene = job.result()
     assert history[-1]["role"] == "assistant" and last_text(history)

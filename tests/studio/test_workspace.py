@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.workspace import SCHEMA_VERSION, ChatRecord, JobProgress, SceneObject, Workspace, check_id
+from studio.workspace import SCHEMA_VERSION, ChatRecord, ImageRef, JobProgress, SceneObject, Workspace, check_id
 from tests.studio.conftest import png_bytes
 
 
@@ -86,9 +86,13 @@ def test_concurrent_edits_do_not_lose_updates(ws: Workspace) -> None:
 
 def test_list_newest_first_and_skips_damaged_folders(ws: Workspace) -> None:
     first = ws.create()
+    first.chat = [ChatRecord(role="user", content="hello")]
+    ws.save(first)
     second = ws.create()
     second.name = "Second"
+    second.chat = [ChatRecord(role="user", content="a deck")]
     ws.save(second)
+    ws.create()  # a fresh start nobody used: not listed
     (ws.root / "broken").mkdir()
     (ws.root / "broken" / "scene.json").write_text("{nope")
     listed = ws.list()
@@ -103,10 +107,12 @@ def test_reopen_marks_interrupted_work_for_retry(ws: Workspace) -> None:
         SceneObject(
             id="obj-00000002", name="b", prompt="p", state="ready", model_state="running", job=JobProgress(id="job-1")
         ),
+        SceneObject(id="obj-00000003", name="c", prompt="p", state="generating", image=ImageRef(file="i.png", seed=1)),
     ]
     ws.save(scene)
     again = ws.reopen(scene.id)
-    assert again.objects[0].state == "failed" and "retry" in again.objects[0].error
+    assert again.objects[2].state == "ready" and again.objects[2].image is not None  # a redraw keeps its image
+    assert again.objects[0].state == "failed" and "retry" in again.objects[0].error.lower()
     assert again.objects[1].model_state == "failed" and again.objects[1].job is None
 
 
