@@ -21,7 +21,7 @@ from typing import Any
 import config
 from config import Settings
 from nim_llm.int8 import quantize_int8_
-from servicekit.hub import cached_or_reachable
+from servicekit.hub import ModelMissing, loadable_source
 from servicekit.vram import VramPlan
 
 log = logging.getLogger("nim_llm.loading")
@@ -83,8 +83,12 @@ def resolve_source(settings: Settings, model_id: str) -> tuple[str, str | None]:
             "read token at https://huggingface.co/settings/tokens and put HF_TOKEN=<token> in .env "
             "(or set LLM_MODEL to a local folder)."
         )
-    if not path.exists() and not settings.hf_hub_offline and not cached_or_reachable(model_id, settings):
-        raise ModelLoadError(f"{model_id} is not downloaded and the Hugging Face hub cannot be reached.")
+    if not path.exists():
+        setting = "LLM_MODEL" if model_id == settings.llm_model else "LLM_FALLBACK_MODEL"
+        try:  # in the cache, or downloadable now; else one line saying how to get it (not a minute of retries)
+            loadable_source(model_id, settings, setting)
+        except ModelMissing as e:
+            raise ModelLoadError(str(e)) from e
     return model_id, settings.llm_gguf_file if model_id == settings.llm_model else None
 
 

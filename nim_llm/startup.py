@@ -55,9 +55,9 @@ def load_engine(settings: Settings, plan: VramPlan, state: LoadState) -> Engine:
         fallback = settings.llm_fallback_model
         if not fallback:
             raise
-        log.warning("%s; loading the fallback model %s instead", err, fallback)
+        log.warning("LLM_MODEL could not be loaded (%s); loading the fallback model %s instead", err, fallback)
         state.reason = f"Loading {fallback}: {settings.llm_model} could not be loaded ..."
-        state.note = f"{DEMO_NOTE} {settings.llm_model} could not be loaded: {err}"
+        state.note = f"{DEMO_NOTE} LLM_MODEL could not be loaded: {err}"
         return build_engine(settings, plan, model_id=fallback)
 
 

@@ -68,12 +68,6 @@ def cached_snapshot(model_id: str, settings: Settings) -> str | None:
         return None
 
 
-def cached_or_reachable(model_id: str, settings: Settings) -> bool:
-    """Whether loading a hub id can work: it is in the cache, or the hub answers. Without this check transformers
-    retries an unreachable hub for many seconds before failing, which delays a fallback model."""
-    return cached_snapshot(model_id, settings) is not None or (not hub_offline(settings) and hub_reachable())
-
-
 def loadable_source(model_id: str, settings: Settings, setting: str) -> str:
     """What to hand to `from_pretrained` for `model_id` (the value of `setting`): an existing folder as it is, a
     cached hub id as its local snapshot, an uncached one as the id when the hub answers; else `ModelMissing`."""

@@ -79,4 +79,5 @@ def test_cpu_profile_says_the_bundled_model_is_demo_quality(cpu_server) -> None:
 
     ready = httpx.get(cpu_server.url + "/health/ready").json()
     assert ready["status"] == "ready" and ready["model"] == "builtin:smollm2"
-    assert "demo quality" in ready["note"] and "Qwen/Qwen2.5-0.5B-Instruct could not be loaded" in ready["note"]
+    assert "demo quality" in ready["note"] and "Qwen/Qwen2.5-0.5B-Instruct is not downloaded" in ready["note"]
+    assert ".;" not in ready["note"] and ready["note"].count("Qwen/Qwen2.5-0.5B-Instruct") == 1  # one clear sentence

@@ -156,5 +156,5 @@ def test_fallback_model_answers_and_the_ready_body_says_why(make_settings, tmp_p
     with running_server(settings) as server:
         ready = httpx.get(f"{server.url}/health/ready").json()
         assert ready["status"] == "ready" and ready["model"] == "builtin:tiny-llama"
-        assert "missing-model could not be loaded" in ready["note"]
+        assert "LLM_MODEL could not be loaded: " in ready["note"] and "missing-model does not exist" in ready["note"]
         assert httpx.post(f"{server.url}/chat/completions", json=GOOD).status_code == 200
