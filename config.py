@@ -366,8 +366,39 @@ class Settings(BaseSettings):
     # --- UI ------------------------------------------------------------------------------------------------
     gradio_server_name: str = Field("127.0.0.1", **_desc("Address the UI binds to (0.0.0.0 in Docker).", "ui"))
     gradio_server_port: int = Field(7860, ge=1, le=65535, **_desc("Port of the UI.", "ui"))
-    ui_auth_user: str = Field("", **_desc("Basic-auth user for the UI (empty = no login).", "ui"))
-    ui_auth_password: SecretStr | None = Field(None, **_desc("Basic-auth password for the UI.", "ui"))
+    ui_publish_address: str = Field(
+        "",
+        **_desc(
+            "Address the UI is published on when something forwards to it (docker-compose sets it from "
+            "UI_PUBLISH_ADDRESS, 127.0.0.1 by default); empty = GRADIO_SERVER_NAME. Beyond loopback the UI needs a "
+            "login.",
+            "ui",
+        ),
+    )
+    ui_auth_user: str = Field(
+        "",
+        **_desc(
+            "Login user for the UI (empty = no login). Required when API_KEY is set or the UI is reachable beyond "
+            "localhost: the studio refuses to start without it.",
+            "ui",
+        ),
+    )
+    ui_auth_password: SecretStr | None = Field(None, **_desc("Login password for the UI.", "ui"))
+    ui_allow_open: bool = Field(
+        False,
+        **_desc(
+            "Serve the UI without a login even when API_KEY is set or it is reachable beyond localhost (only "
+            "behind a proxy that authenticates users itself).",
+            "ui",
+        ),
+    )
+    ui_login_failure_delay_s: float = Field(
+        1.0,
+        gt=0,
+        **_desc(
+            "After a wrong UI login, the next attempt (from anyone) waits this long: at most one guess a delay.", "ui"
+        ),
+    )
     ui_queue_size: int = Field(64, ge=1, **_desc("Most UI events waiting in Gradio's queue.", "ui"))
     ui_http_timeout_s: float = Field(
         60.0,

@@ -238,6 +238,8 @@ native_start() {
     die "not ready in time; see the logs in $LOG_DIR (<program>.err.log), then './install.sh --status'"
   fi
   log "ready: open http://localhost:$GRADIO_SERVER_PORT"
+  [ "$(env_file_value GRADIO_SERVER_NAME)" ] ||
+    log "only this machine can open it; for others set GRADIO_SERVER_NAME=0.0.0.0 with UI_AUTH_USER and UI_AUTH_PASSWORD in .env (README: Security)"
   log "logs:    $LOG_DIR/<program>.out.log and .err.log (llm-service, trellis-service, gradio-app)"
   log "status:  ./install.sh --status      stop: ./install.sh --stop"
   log "control: RUN_DIR=$RUN_DIR $CHAT3D_PYTHON -m supervisor.supervisorctl -c supervisord.conf status|restart <program>"
@@ -339,6 +341,8 @@ docker_wait() {
     sleep 5
   done
   log "ready: open $url"
+  [ "${UI_PUBLISH_ADDRESS:-$(env_file_value UI_PUBLISH_ADDRESS)}" ] ||
+    log "only this machine can open it; for others set UI_PUBLISH_ADDRESS=0.0.0.0 with UI_AUTH_USER and UI_AUTH_PASSWORD in .env and run ./install.sh again (README: Security)"
   log "logs: docker compose logs -f $SERVICE   (per-program files are in the 'logs' volume)"
   log "status: docker compose exec $SERVICE supervisorctl -c /app/supervisord.conf status   stop: ./install.sh --stop"
 }

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from config import Settings
+from studio.access import ServedFiles
 from studio.clients import Health, Services
 from studio.workspace import Workspace
 
@@ -59,6 +60,7 @@ class StudioContext:
     _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cancelled: set[str] = field(default_factory=set)  # scene ids whose 3D batch the user cancelled
     watches: dict[str, HealthWatch] = field(default_factory=dict)  # per service, created on first check
+    served: ServedFiles = field(default_factory=ServedFiles)  # Gradio's allowed_paths: the scenes put on a page
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StudioContext:

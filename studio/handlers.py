@@ -181,6 +181,7 @@ async def cancel_batch(ctx: StudioContext, sid: str | None) -> None:
 
 async def export(ctx: StudioContext, sid: str | None) -> tuple[str, str]:
     scene = ctx.workspace.load(require(ctx.workspace, sid))
+    ctx.served.allow(ctx.workspace.scene_dir(scene.id))
     zip_path, glb_path = await asyncio.to_thread(export_scene, scene, ctx.workspace)
     return str(zip_path), str(glb_path)
 
@@ -220,6 +221,8 @@ async def show_scene(
     """Everything a new scene on screen updates, from one validation of it: the cards (only what changed), the
     board's title, the preview's choices and pictures, and the header and buttons."""
     scene = scene_of(data)
+    if scene is not None:  # the cards and the preview show its files: Gradio may copy them from its folder
+        ctx.served.allow(ctx.workspace.scene_dir(scene.id))
     # The last health poll is enough here (the timer keeps it fresh): a slow health check never holds up the cards.
     health = ctx.last_health or await ctx.health()
     cards, now = board_updates(

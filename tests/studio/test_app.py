@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ from pydantic import SecretStr
 
 import app as studio_app
 from config import Settings
+from studio.access import LoginGuard, ServedFiles
 from studio.events import GPU
 
 
@@ -76,17 +79,21 @@ def test_queue_is_bounded(demo: object) -> None:
     assert demo._queue.max_size == 7  # type: ignore[attr-defined]
 
 
-def test_launch_serves_only_the_data_dir_without_history_or_auth(settings: Settings) -> None:
-    kwargs = studio_app.launch_kwargs(settings)
-    assert kwargs["allowed_paths"] == [str(Path(settings.data_dir).resolve())]
+def test_launch_serves_only_shown_scenes_without_history_or_auth(settings: Settings) -> None:
+    served = ServedFiles()
+    kwargs = studio_app.launch_kwargs(settings, served)
+    assert kwargs["allowed_paths"] is served and not list(served)  # nothing under DATA_DIR until a scene is shown
     assert kwargs["run_history"] is False and kwargs["auth"] is None
     assert "title" in str(kwargs["js"])  # disabled buttons get their reason as a tooltip
     assert (kwargs["server_name"], kwargs["server_port"]) == (settings.gradio_server_name, settings.gradio_server_port)
 
 
-def test_basic_auth_comes_from_settings(settings: Settings) -> None:
+def test_login_comes_from_settings(settings: Settings) -> None:
     with_auth = settings.model_copy(update={"ui_auth_user": "ana", "ui_auth_password": SecretStr("s3cret-pass")})
-    assert studio_app.launch_kwargs(with_auth)["auth"] == ("ana", "s3cret-pass")
+    check = studio_app.launch_kwargs(with_auth, ServedFiles())["auth"]
+    assert inspect.iscoroutinefunction(check)  # what Gradio awaits; anything else it reads as a plain bool
+    assert isinstance(check.__self__, LoginGuard)  # type: ignore[attr-defined]
+    assert asyncio.run(check("ana", "s3cret-pass")) is True  # type: ignore[operator]
 
 
 def test_the_ui_process_never_imports_torch() -> None:
