@@ -87,7 +87,9 @@ def test_edit_updates_the_same_scene_and_reopen_restores_it(client: Client, live
     first_id = scene["id"]
     history, edited = client.predict([*history, *user("add a treasure chest")], api_name="/chat")
     assert edited["id"] == first_id  # updated in place, not started over
-    assert "Updated the plan" in last_text(history)
+    # A random tiny model may well answer an edit with empty lists: then the reply says so, and nothing else happens.
+    reply = last_text(history)
+    assert "Updated the plan" in reply or reply.startswith("Nothing changed"), reply
 
     fresh = Client(live.app, verbose=False)  # another browser session
     reopened, chat = fresh.predict(first_id, api_name="/open_scene")
