@@ -5,7 +5,9 @@ happens. Network calls never run under the scene lock: a result is applied after
 scene, and dropped if its object was deleted or its prompt changed meanwhile (the file stays on disk).
 
 A card that has an image never loses it to a failed redraw: it keeps its image, model and state, and the error
-becomes a note on the card. Nothing is drawn while text-to-image is off; such cards wait for an upload.
+becomes a note on the card. Nothing is drawn while text-to-image is off; such cards wait for an upload. Drawing
+first checks that the images folder takes a file, so a full or read-only disk stops it before any card changes; an
+image that still cannot be saved is a failed draw of its card, like a service error.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from servicekit.protocol import MAX_SEED
 from studio.clients import ContentFiltered, ServiceError
 from studio.context import StudioContext
 from studio.status import draw_refusal
-from studio.workspace import ImageRef, Scene, SceneObject
+from studio.workspace import ImageRef, Scene, SceneObject, StorageError
 
 MAX_VARIANTS = 4
 IMAGEGEN_OFF_NOTE = "Text-to-image is off: upload an image for this object."
@@ -65,20 +67,24 @@ async def draw_images(ctx: StudioContext, scene_id: str, object_ids: list[str] |
     ws = ctx.workspace
     async with ws.edit(scene_id) as scene:
         targets = [o for o in scene.objects if (o.id in object_ids if object_ids else _needs_image(o))]
+        if targets:
+            ws.check_writable(scene_id, "images")
         for o in targets:
             o.state, o.error = "generating", ""
         jobs = [(o.id, o.prompt) for o in targets]
     yield scene
     gate = asyncio.Semaphore(ctx.settings.ui_image_concurrency)
 
-    async def one(object_id: str, prompt: str) -> tuple[str, str, Any]:
+    async def one(object_id: str, prompt: str) -> tuple[str, str, ImageRef | ServiceError | StorageError]:
+        """Draw and save one card's image (a new file, so outside the scene lock)."""
         async with gate:
             try:
                 images = await ctx.services.trellis.generate_images(
                     prompt, n=1, seed=random_seed(), size=ctx.settings.imagegen_size or 512
                 )
-                return object_id, prompt, images[0]
-            except ServiceError as e:
+                rel = ws.write_image(scene_id, object_id, images[0].seed, images[0].png)
+                return object_id, prompt, ImageRef(file=rel, seed=images[0].seed)
+            except (ServiceError, StorageError) as e:
                 return object_id, prompt, e
 
     for next_done in asyncio.as_completed([one(i, p) for i, p in jobs]):
@@ -86,22 +92,21 @@ async def draw_images(ctx: StudioContext, scene_id: str, object_ids: list[str] |
         async with ws.edit(scene_id) as scene:
             obj = scene.find(object_id)
             if obj is not None and obj.prompt == prompt:
-                _apply_image(ctx, scene, obj, outcome)
+                _apply_image(obj, outcome)
         yield scene
 
 
-def _apply_image(ctx: StudioContext, scene: Scene, obj: SceneObject, outcome: Any) -> None:
-    if isinstance(outcome, ServiceError) and obj.image is not None:
+def _apply_image(obj: SceneObject, outcome: ImageRef | ServiceError | StorageError) -> None:
+    if isinstance(outcome, ImageRef):
+        _set_image(obj, outcome)
+    elif obj.image is not None:
         obj.state, obj.error = "ready", f"No new image: {outcome.message}"  # the card keeps what it has
     elif isinstance(outcome, ContentFiltered):
         obj.state, obj.error = "filtered", outcome.message
     elif isinstance(outcome, ServiceError) and outcome.code == "imagegen_off":
         obj.state, obj.error = "waiting", IMAGEGEN_OFF_NOTE  # not a failure of the card: it needs an upload
-    elif isinstance(outcome, ServiceError):
-        obj.state, obj.error = "failed", outcome.message
     else:
-        rel = ctx.workspace.write_image(scene.id, obj.id, outcome.seed, outcome.png)
-        _set_image(obj, ImageRef(file=rel, seed=outcome.seed))
+        obj.state, obj.error = "failed", outcome.message
 
 
 def _set_image(obj: SceneObject, image: ImageRef) -> None:
@@ -116,6 +121,7 @@ async def make_variants(ctx: StudioContext, scene_id: str, object_id: str, n: in
     refusal = await draw_refusal_now(ctx)
     if refusal:
         raise UserError(refusal)
+    ctx.workspace.check_writable(scene_id, "images")
     async with ctx.workspace.edit(scene_id) as scene:
         prompt = _obj(scene, object_id).prompt
         _obj(scene, object_id).error = ""

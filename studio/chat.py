@@ -4,10 +4,10 @@ the scene on screen has no objects, and edits its plan otherwise. Nothing guesse
 `chat_turn` yields `TurnStep`s: the reply so far, the scene to show and whether that scene is provisional (streamed
 cards not saved yet). A plan streams: each object becomes a card as soon as its name and prompt are complete, and
 the reply shows the time spent ("Planning… 7 s"). The plan is saved once it validated, so a plan that fails (an
-invalid answer, a timeout, a service error) leaves the scene exactly as it was and the board shows it again; an
-edit that changes nothing says so and saves nothing. Every LLM call fits its answer into the served context
-(`studio/budget.py`): the oldest context goes first, and a message too long on its own gets a plain reply asking to
-shorten it.
+invalid answer, a timeout, a service error, a disk that cannot save it) leaves the scene exactly as it was and the
+board shows it again; an edit that changes nothing says so and saves nothing. Every LLM call fits its answer into
+the served context (`studio/budget.py`): the oldest context goes first, and a message too long on its own gets a
+plain reply asking to shorten it.
 
 The planner sees only the user's own words: their earlier plan requests for this scene (scene.json records them
 by mode) and the current plan; never the chat's error messages, small talk or plan summaries.
@@ -39,7 +39,7 @@ from studio.planner import (
     plan_min_tokens,
     plan_schema,
 )
-from studio.workspace import ChatRecord, Scene, new_id
+from studio.workspace import ChatRecord, Scene, StorageError, new_id
 
 TICK_S = 1.0  # how often the elapsed time in "Planning… 7 s" moves on while the LLM is silent
 T = TypeVar("T")
@@ -133,12 +133,14 @@ async def chat_turn(
         yield TurnStep("Please type a message.", current)
         return
     if mode == Mode.ASK:
-        context = history[:-1][-ctx.settings.ui_history_turns :]
-        async for step in ask_turn(ctx, current, context, message):
+        turn = ask_turn(ctx, current, history[:-1][-ctx.settings.ui_history_turns :], message)
+    else:
+        turn = plan_turn(ctx, current, message)
+    try:
+        async for step in turn:
             yield step
-        return
-    async for step in plan_turn(ctx, current, message):
-        yield step
+    except StorageError as e:  # saves are atomic: the scene on disk is as it was
+        yield TurnStep(f"{e.message} Nothing was changed.", current)
 
 
 # --- Ask --------------------------------------------------------------------------------------------------------

@@ -264,12 +264,14 @@ class LLMClient(_Service):
                 yield delta
 
     async def _stream(self, body: dict[str, Any]) -> AsyncIterator[str]:
-        """One streamed request with `_send`'s retries (429/503 honouring Retry-After, unreachable) before the first
-        chunk. The timeout is per read: a slow but steady answer (a long plan on a CPU) is never cut off."""
+        """One streamed request with `_send`'s retries until its first chunk: 429/503 honouring Retry-After, and a
+        connection that fails before any of the answer arrived (refused, or accepted and dropped unanswered, as a
+        proxy in front of a service that is still starting does). Never after a chunk: that would repeat text. The
+        timeout is per read: a slow but steady answer (a long plan on a CPU) is never cut off."""
         timeout = httpx.Timeout(self.settings.ui_http_timeout_s, connect=5.0)
         retries, cap = self.settings.ui_http_retries, self.settings.ui_retry_max_wait_s
         for attempt in range(retries + 1):
-            last = attempt == retries
+            last, started = attempt == retries, False
             try:
                 async with self.http.stream(
                     "POST", self.root + "/v1/chat/completions", json=body, headers=self.headers, timeout=timeout
@@ -281,16 +283,15 @@ class LLMClient(_Service):
                         await r.aread()
                         self._raise_for(r)
                     async for delta in _sse_deltas(r):
+                        started = True
                         yield delta
                     return
             except httpx.TimeoutException as e:
                 raise ServiceError(f"The {self.label} did not answer in time; please try again.") from e
-            except httpx.ConnectError as e:
-                if last:
+            except httpx.TransportError as e:
+                if started or last:
                     raise ServiceError(f"The {self.label} is not reachable at {self.root}; is it running?") from e
                 await asyncio.sleep(min(2.0**attempt, cap))
-            except httpx.TransportError as e:
-                raise ServiceError(f"The {self.label} is not reachable at {self.root}; is it running?") from e
 
 
 async def _sse_deltas(response: httpx.Response) -> AsyncIterator[str]:

@@ -1,5 +1,5 @@
-"""What every event handler of the page shares: the scene as page values, refusals as Gradio errors, the GPU
-concurrency group, and `bind`, which turns a handler `fn(ctx, ...)` into the callable Gradio wires.
+"""What every event handler of the page shares: the scene as page values, refusals and failed saves as Gradio
+errors, the GPU concurrency group, and `bind`, which turns a handler `fn(ctx, ...)` into the callable Gradio wires.
 
 A scene travels between events as its JSON payload (the page's scene State and the JSON that API clients receive);
 `scene_of` validates it once at the start of the event that reads it.
@@ -7,16 +7,17 @@ A scene travels between events as its JSON payload (the page's scene State and t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import gradio as gr
 
 from studio import board, jobs
 from studio.context import StudioContext
-from studio.workspace import Scene
+from studio.workspace import Scene, StorageError
 
 GPU = "gpu"  # the one concurrency group of every event that makes a service use its GPU
 
@@ -38,42 +39,52 @@ def scene_of(data: Payload) -> Scene | None:
     return Scene.model_validate(data) if data else None
 
 
-async def stream_scene(gen: AsyncIterator[Scene]) -> AsyncIterator[SceneOut]:
-    """An operation's scene snapshots as page values; refusals become a friendly Gradio error."""
+@contextlib.contextmanager
+def shown_to_user() -> Iterator[None]:
+    """What the user can act on, a refusal or a save that failed (the disk is full, read-only, a file is in the
+    way), becomes the Gradio error the page shows, in the operation's own words; anything else stays a bug."""
     try:
+        yield
+    except (board.UserError, StorageError) as e:
+        raise gr.Error(str(e)) from None
+
+
+async def stream_scene(gen: AsyncIterator[Scene]) -> AsyncIterator[SceneOut]:
+    """An operation's scene snapshots as page values; refusals and failed saves become a friendly Gradio error."""
+    with shown_to_user():
         async for scene in gen:
             yield scene_out(scene)
-    except board.UserError as e:
-        raise gr.Error(str(e)) from None
 
 
 async def once(coro: Any) -> SceneOut:
-    try:
+    with shown_to_user():
         return scene_out(await coro)
-    except board.UserError as e:
-        raise gr.Error(str(e)) from None
 
 
 def bind(fn: Callable[..., Any], ctx: StudioContext) -> Callable[..., Any]:
-    """`fn` with its first argument, the context, filled in. Gradio reads a handler's definition: whether it is a
-    coroutine or an async generator, its parameter names (API clients may pass them by name) and their type hints
-    (`gr.SelectData`), so the bound handler keeps all of these; `functools.partial` would hide the hints."""
+    """`fn` with its first argument, the context, filled in, and what the user can act on shown as a Gradio error
+    (`shown_to_user`). Gradio reads a handler's definition: whether it is a coroutine or an async generator, its
+    parameter names (API clients may pass them by name) and their type hints (`gr.SelectData`), so the bound
+    handler keeps all of these; `functools.partial` would hide the hints."""
     handler: Callable[..., Any]
     if inspect.isasyncgenfunction(fn):
 
         async def handler(*args: Any) -> Any:
-            async for value in fn(ctx, *args):
-                yield value
+            with shown_to_user():
+                async for value in fn(ctx, *args):
+                    yield value
 
     elif inspect.iscoroutinefunction(fn):
 
         async def handler(*args: Any) -> Any:
-            return await fn(ctx, *args)
+            with shown_to_user():
+                return await fn(ctx, *args)
 
     else:
 
         def handler(*args: Any) -> Any:
-            return fn(ctx, *args)
+            with shown_to_user():
+                return fn(ctx, *args)
 
     functools.update_wrapper(handler, fn)  # name, doc, and `__wrapped__`, where type hints are resolved
     signature = inspect.signature(fn)

@@ -159,7 +159,9 @@ def build_zip(scene: Scene, ws: Workspace, glb: bytes) -> bytes:
 
 
 def export_scene(scene: Scene, ws: Workspace) -> tuple[Path, Path]:
-    """Write `exports/<scene-id>-<time>.zip` and `exports/<scene-id>-<time>.glb`; returns both paths."""
+    """Write `exports/<scene-id>-<time>.zip` and `exports/<scene-id>-<time>.glb`; returns both paths. A folder that
+    cannot take them raises StorageError before the (slow) composition starts."""
+    ws.check_writable(scene.id, "exports")
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     glb = composed_glb(scene, ws)
     glb_path = ws.path(scene.id, f"exports/{scene.id}-{stamp}.glb")

@@ -2,7 +2,9 @@
 position, stage and percent, save the GLB when it succeeds, and cancel one job or a whole batch.
 
 Like `studio.board`, each operation yields `Scene` snapshots and applies results to the freshly loaded scene
-under its lock; a job whose card was deleted or given a newer job is simply dropped.
+under its lock; a job whose card was deleted or given a newer job is simply dropped. Nothing is submitted unless
+the models folder takes a file, so a full or read-only disk stops a batch before it uses the GPU; a model that
+still cannot be saved fails its card with the reason.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from servicekit.protocol import MAX_SEED
 from studio.clients import ContentFiltered, ServiceError
 from studio.context import StudioContext
 from studio.status import part_state, wants_3d
-from studio.workspace import JobProgress, ModelRef, Scene, SceneObject
+from studio.workspace import JobProgress, ModelRef, Scene, SceneObject, StorageError
 
 
 def job_params(
@@ -53,6 +55,8 @@ async def generate_3d(
     if not textured:  # the 3D service cannot bake textures here (the header says why): ask for what it can make
         params = {**params, "no_texture": True}
     targets = [(o.id, o.image.file) for o in scene.objects if _wants_3d(o, object_ids) and o.image]
+    if targets:
+        ctx.workspace.check_writable(scene_id, "models")
     active: dict[str, str] = {}  # object id -> job id
     for object_id, image_file in targets:
         outcome: Any
@@ -100,20 +104,17 @@ async def _follow(
                 yield scene
             return
         changed = False
-        results: dict[str, tuple[bytes, dict[str, str]] | BaseException] = {}
+        results: dict[str, ModelRef | ServiceError | StorageError] = {}
         for (object_id, job_id), status in zip(list(active.items()), polled, strict=True):
             if isinstance(status, dict) and status.get("status") == "succeeded":
-                try:
-                    results[object_id] = await trellis.result(job_id)
-                except ServiceError as e:
-                    results[object_id] = e
+                results[object_id] = await _save_model(ctx, scene_id, object_id, job_id, status, params)
         async with ctx.workspace.edit(scene_id) as scene:
             for (object_id, job_id), status in zip(list(active.items()), polled, strict=True):
                 obj = scene.find(object_id)
                 if obj is None or obj.job is None or obj.job.id != job_id:
                     active.pop(object_id)  # deleted, or superseded by a newer job for this card
                     continue
-                done, moved = _apply_status(ctx, scene, obj, status, results.get(object_id), params)
+                done, moved = _apply_status(obj, status, results.get(object_id))
                 changed |= moved
                 if done:
                     active.pop(object_id)
@@ -132,8 +133,23 @@ async def _give_up(ctx: StudioContext, scene_id: str, active: dict[str, str]) ->
     yield scene
 
 
+async def _save_model(
+    ctx: StudioContext, scene_id: str, object_id: str, job_id: str, status: dict[str, Any], params: dict[str, Any]
+) -> ModelRef | ServiceError | StorageError:
+    """Fetch a finished job's model and save it in the scene folder (a new file, so outside the scene lock)."""
+    try:
+        data, headers = await ctx.services.trellis.result(job_id)
+        seed = int(headers.get("seed") or status.get("seed") or 0)
+        ext = str(status.get("output_format") or "glb")
+        rel = ctx.workspace.write_model(scene_id, object_id, seed, data, ext)
+    except (ServiceError, StorageError) as e:
+        return e
+    backend = headers.get("backend") or str(status.get("backend") or "")
+    return ModelRef(file=rel, seed=seed, backend=backend, params=params)
+
+
 def _apply_status(
-    ctx: StudioContext, scene: Scene, obj: SceneObject, status: Any, result: Any, params: dict[str, Any]
+    obj: SceneObject, status: Any, result: ModelRef | ServiceError | StorageError | None
 ) -> tuple[bool, bool]:
     """Update one card from a job status; returns (finished, visibly changed)."""
     assert obj.job is not None
@@ -154,14 +170,8 @@ def _apply_status(
         obj.model_state = state  # type: ignore[assignment]
         return False, before != (state, obj.job.stage, round(obj.job.progress, 2), obj.job.queue_position)
     error = str(status.get("error") or "")
-    if state == "succeeded" and isinstance(result, tuple):
-        data, headers = result
-        seed = int(headers.get("seed") or status.get("seed") or 0)
-        ext = str(status.get("output_format") or "glb")
-        rel = ctx.workspace.write_model(scene.id, obj.id, seed, data, ext)
-        backend = headers.get("backend") or str(status.get("backend") or "")
-        obj.model = ModelRef(file=rel, seed=seed, backend=backend, params=params)
-        obj.model_state, obj.model_error = "ready", ""
+    if state == "succeeded" and isinstance(result, ModelRef):
+        obj.model, obj.model_state, obj.model_error = result, "ready", ""
     elif state == "succeeded":
         obj.model_state, obj.model_error = "failed", getattr(result, "message", "The model could not be fetched.")
     elif state == "filtered":

@@ -5,6 +5,9 @@ edit and writes it back atomically (temp file + rename), so overlapping clicks a
 other's work, and a crash never leaves a half-written file. File names come from ids we generate, never from
 user text. Nothing here deletes a file: removing an object only drops it from the plan. Files are written readable
 by the user's other tools (a viewer, Blender, a file manager), as any file the user saved would be.
+
+A save that fails (a full or read-only disk, a file where a folder should be) raises `StorageError`, whose message
+says what and where in words; the file it was to replace is left as it was.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
+
+from servicekit.storage import cannot_save, check_storage
 
 SCHEMA_VERSION = 1
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -137,8 +142,41 @@ def process_umask() -> int:
     return mask
 
 
+class StorageError(Exception):
+    """Something could not be saved under DATA_DIR; the message says what and where, for the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def could_not_save(reason: str) -> StorageError:
+    """servicekit's reason (`cannot save: DATA_DIR /x is read-only (…)`) as the sentence the studio shows."""
+    return StorageError(f"Could not {reason.removeprefix('cannot ')}.")
+
+
+def save_failed(folder: Path, err: OSError) -> StorageError:
+    """`err`, raised while saving into `folder`, in words. A file standing where `folder` or one of its parents
+    should be is named itself: that file is what the user has to move."""
+    in_the_way = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+    return could_not_save(cannot_save(f"DATA_DIR {in_the_way or folder}", err))
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """`data` as the whole new content of `path`, or nothing: a failed save raises StorageError and leaves the old
+    file, and no temp file or new empty folder, behind."""
+    new_folder = not path.parent.is_dir()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_then_rename(path, data)
+    except OSError as e:
+        if new_folder:
+            with contextlib.suppress(OSError):  # rmdir removes only an empty folder: never anything saved in it
+                path.parent.rmdir()
+        raise save_failed(path.parent, e) from e
+
+
+def _write_then_rename(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE & ~process_umask())
@@ -148,7 +186,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # the save's own error is the one to report
             os.unlink(tmp)
         raise
 
@@ -170,6 +208,14 @@ class Workspace:
         if not target.is_relative_to(base):
             raise ValueError(f"path escapes the scene folder: {relative!r}")
         return target
+
+    def check_writable(self, scene_id: str, folder: str) -> None:
+        """Raise StorageError unless the scene's `folder` takes a new file now. An action that writes files calls
+        this before it changes the scene, so a full or read-only disk stops it with the scene as it was."""
+        # Any free space will do: the studio's files are small, and a write that still fails is reported as well.
+        problem = check_storage(self.path(scene_id, folder), min_free_mb=0)
+        if problem:
+            raise could_not_save(problem)
 
     def exists(self, scene_id: str | None) -> bool:
         try:
@@ -237,5 +283,8 @@ class Workspace:
                 obj.model_state, obj.model_error, obj.job = "failed", "Interrupted; press Make 3D again.", None
                 changed = True
         if changed:
-            self.save(scene)
+            # Only what the page shows is corrected here, and a reopen corrects it again: a disk that cannot take
+            # it must not keep the user from seeing the scene (the next change says why it cannot be saved).
+            with contextlib.suppress(StorageError):
+                self.save(scene)
         return scene

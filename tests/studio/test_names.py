@@ -1,7 +1,8 @@
 """One name per concept: each class the studio defines has a name of its own in the whole repository (a PNG the
 studio received is not the 3D service's `GeneratedImage`, a saved chat message not the LLM's `ChatMessage`, the
 client's `ServiceError` not a service's error), and the studio imports no service package: it talks to them over
-HTTP and shares only `servicekit.protocol`'s wire-level facts."""
+HTTP and shares only `servicekit.protocol`'s wire-level facts and `servicekit.storage`'s words for a disk that
+cannot save (standard library only)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from config import ROOT
 STUDIO = [ROOT / "app.py", *sorted((ROOT / "studio").glob("*.py"))]
 ELSEWHERE = ["config.py", "nim_llm", "nim_trellis", "servicekit", "bench", "scripts", "tests"]
 SERVICE_PACKAGES = ("nim_llm", "nim_trellis", "servicekit")
-SHARED_WITH_SERVICES = {"servicekit.protocol"}
+SHARED_WITH_SERVICES = {"servicekit.protocol", "servicekit.storage"}
 
 
 def python_files(names: list[str]) -> list[Path]:
