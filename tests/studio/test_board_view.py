@@ -11,8 +11,9 @@ from config import Settings
 from studio.board_slots import board_updates
 from studio.board_view import SLOT_OUTPUTS, board_changes, card_header, model_status, preview_choices, preview_files
 from studio.clients import Health
-from studio.context import HealthSnapshot, StudioContext
+from studio.context import HealthSnapshot, HealthWatch, StudioContext
 from studio.status import gates, header_html
+from studio.words import plural
 from studio.workspace import ImageRef, JobProgress, ModelRef, Scene, SceneObject, Workspace
 
 READY = Health("ready", "ready", 0, {"backends": {"imagegen": {"state": "ready", "detail": "ok"}}})
@@ -112,3 +113,18 @@ def test_preview_keeps_its_choice_while_the_object_exists(tmp_path: Path) -> Non
     folder = ws.scene_dir(scene.id)
     assert preview_files(ws, scene, chair.id) == [str(folder / "images/c-1.png"), str(folder / "models/c-1.glb")]
     assert preview_files(ws, scene, lamp.id) == preview_files(ws, None, lamp.id) == [None, None]
+
+
+def test_a_slow_service_is_busy_until_checks_fail_in_a_row() -> None:
+    watch = HealthWatch(failures_down=3)
+    assert watch.see(Health("ready", "ok", 0)).state == "ready"
+    slow = Health("busy", "no answer within 5 s", failure="timeout")
+    assert [watch.see(slow).state for _ in range(3)] == ["busy", "busy", "down"]
+    assert watch.see(Health("ready", "ok", 0)).state == "ready"  # one answer resets the count
+    assert watch.see(slow).state == "busy"
+    never = HealthWatch(failures_down=3)  # nothing has ever answered, and nothing listens: down at once
+    assert never.see(Health("down", "not reachable", failure="unreachable")).state == "down"
+
+
+def test_counts_read_as_words() -> None:
+    assert [plural(n, "object") for n in (0, 1, 2)] == ["0 objects", "1 object", "2 objects"]

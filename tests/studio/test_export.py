@@ -113,6 +113,9 @@ def test_export_scene_writes_zip_and_glb_inside_the_scene(ws: Workspace) -> None
     zip_path, glb_path = export_scene(scene, ws)
     assert zip_path.parent == glb_path.parent == ws.scene_dir(scene.id) / "exports"
     assert zipfile.is_zipfile(zip_path) and glb_path.read_bytes()[:4] == b"glTF"
+    # Readable by the user's other tools (a viewer, Blender, a file manager), not only by this process's user.
+    for path in (zip_path, glb_path, ws.scene_dir(scene.id) / "scene.json"):
+        assert path.stat().st_mode & 0o044 == 0o044, (path, oct(path.stat().st_mode))
 
 
 def test_picked_variant_is_zipped_once(ws: Workspace) -> None:
