@@ -222,6 +222,9 @@ def test_ports_and_paths_agree_across_config_dockerfile_compose() -> None:
     assert len(ports) == 1 and str(ports[0]["target"]) == env["GRADIO_SERVER_PORT"]
     assert str(ports[0]["published"]) == str(fields["published_port"].default)
     cenv = service["environment"]
+    # This machine only unless the user opts in, and the studio knows where it is published (it needs a login
+    # beyond loopback).
+    assert ports[0]["host_ip"] == cenv["UI_PUBLISH_ADDRESS"] == "127.0.0.1"
     assert cenv["GRADIO_SERVER_PORT"] == env["GRADIO_SERVER_PORT"]
     for name in ("DATA_DIR", "LOG_DIR", "HF_HOME", "TORCH_HOME", "RUN_DIR", "CACHE_DIR"):
         assert cenv[name] == env[name], name
