@@ -11,10 +11,12 @@ no texture, one image at a time) once; if that also runs out, the job fails with
 VRAM_PROFILE to choose.
 
 Finished jobs and their result files (under `DATA_DIR/jobs/<id>/`) are kept for `JOB_RETENTION_S`; a job whose
-result travels in its HTTP answer (`/v1/infer`) keeps it in memory instead (`in_memory`). A result is written to a
+result travels in its HTTP answer (`/v1/infer`) keeps it in memory instead (`in_memory`). The records of jobs a
+client polls by id (`durable`) are also written to `job_store.JobStore`, so they answer after a restart; one that
+was queued or running when the process died is failed as `interrupted`. A result is written to a
 temp file and renamed; a write that fails (full or read-only disk) removes what it wrote and fails the job with the
 reason (`storage`). A job that did not succeed carries `error_code`: `timeout`, `out_of_memory`, `cancelled`,
-`filtered`, `unavailable`, `storage` or `failed`.
+`filtered`, `unavailable`, `storage`, `interrupted` or `failed`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -36,6 +39,7 @@ from typing import Any
 from nim_trellis.backends.base import MeshArtifact
 from nim_trellis.backends.optional_deps import MissingDependency
 from nim_trellis.errors import job_not_found
+from nim_trellis.job_store import JobRecord, JobStore
 from nim_trellis.metrics import ServiceMetrics
 from nim_trellis.protocol import JobState, JobStatus
 from servicekit.errors import APIError
@@ -45,6 +49,7 @@ from servicekit.vram import free_gpu_memory, is_cuda_oom
 log = logging.getLogger("nim_trellis.jobs")
 
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "filtered"})
+STORE_FILE = "jobs.sqlite3"  # in the results dir, beside the jobs' folders
 
 
 class JobCancelled(Exception):
@@ -100,6 +105,46 @@ class Job:
     note: str | None = None  # how the result differs from what was asked (e.g. the leaner retry's reason)
     error_code: str | None = None
     in_memory: bool = False  # keep a MeshArtifact in `value` instead of writing it under results_dir
+    durable: bool = False  # its record is kept in the job store (a job clients poll by id)
+    params: dict[str, Any] | None = None  # what was asked, kept with the record
+
+    def record(self) -> JobRecord:
+        result = str(self.result_path) if self.result_path else None
+        return JobRecord(
+            id=self.id,
+            kind=self.kind,
+            backend=self.backend,
+            output_format=self.output_format,
+            seed=self.seed,
+            status=self.status,
+            stage=self.stage,
+            progress=self.progress,
+            error=self.error,
+            error_code=self.error_code,
+            note=self.note,
+            created=self.created,
+            started=self.started,
+            finished=self.finished,
+            result_path=result,
+            media_type=self.media_type,
+            params=self.params,
+        )
+
+    @classmethod
+    def of(cls, r: JobRecord) -> Job:
+        """A job read back from the store: its status and result, no work to run."""
+        job = cls(id=r.id, kind=r.kind, work=_gone, backend=r.backend, output_format=r.output_format, seed=r.seed)
+        job.status, job.stage, job.progress = r.status, r.stage, r.progress  # type: ignore[assignment]
+        job.error, job.error_code, job.note = r.error, r.error_code, r.note
+        job.created, job.started, job.finished = r.created, r.started, r.finished
+        job.result_path = Path(r.result_path) if r.result_path else None
+        job.media_type, job.params, job.durable = r.media_type, r.params, True
+        job.done.set_result(None)
+        return job
+
+
+def _gone(ctx: JobContext) -> Any:
+    raise AssertionError("a job read back from the store is never run")
 
 
 class JobContext:
@@ -113,6 +158,7 @@ class JobContext:
         self.close_stage()
         self._check()
         self.job.stage, self.job.progress = name, max(self.job.progress, min(progress, 1.0))
+        self._queue.record(self.job)  # a handful per job; progress within a stage is not written
 
     def advance(self, progress: float) -> None:
         self._check()
@@ -149,6 +195,7 @@ class JobQueue:
         self.results_dir, self.retry_after_s = results_dir, retry_after_s
         self.metrics = ServiceMetrics(queue_depth=self.depth)
         self._jobs: dict[str, Job] = {}
+        self._store: JobStore | None = None  # opened in start(); None when DATA_DIR cannot hold it
         self._queued: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -161,7 +208,54 @@ class JobQueue:
             self._remove_stale_results()
         except OSError as e:
             log.warning("%s", cannot_save(f"job results in {self.results_dir}", e))
+        self._open_store()
         self._worker.start()
+
+    def _open_store(self) -> None:
+        """Open the job store and take back its jobs; without it (a disk that cannot hold it) jobs live in memory
+        only, and the storage check already tells readiness why."""
+        try:
+            self._store = JobStore(self.results_dir / STORE_FILE)
+            records = self._store.all()
+        except (sqlite3.Error, OSError) as e:
+            self._store = None
+            log.warning("job records are kept in memory only: %s", e)
+            return
+        now, cutoff = time.time(), time.time() - self.retention_s
+        expired = []
+        for r in records:
+            job = Job.of(r)
+            if job.finished is not None and job.finished < cutoff:
+                expired.append(job)
+                continue
+            if job.status not in TERMINAL:  # its work died with the previous process
+                was = job.status
+                job.status, job.finished, job.error_code = "failed", now, "interrupted"
+                job.error = f"the 3D service restarted while this job was {was}; submit it again"
+                self.record(job)
+            self._jobs[job.id] = job
+        self._store.delete([j.id for j in expired])
+        for job in expired:
+            self._remove_files(job)
+        interrupted = sum(j.error_code == "interrupted" and j.finished == now for j in self._jobs.values())
+        log.info("job store %s: %d jobs taken back, %d interrupted", self._store.path, len(self._jobs), interrupted)
+
+    def record(self, job: Job) -> None:
+        """Write a durable job's record; a failed write costs only durability, never the job."""
+        if not job.durable or self._store is None:
+            return
+        try:
+            self._store.put(job.record())
+        except (sqlite3.Error, OSError) as e:
+            log.warning("job %s: its record could not be saved: %s", job.id, e)
+
+    def _forget(self, jobs: list[Job]) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.delete([j.id for j in jobs if j.durable])
+        except (sqlite3.Error, OSError) as e:
+            log.warning("job records could not be removed: %s", e)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         with self._cond:
@@ -171,6 +265,8 @@ class JobQueue:
             self._cond.notify_all()
         if self._worker.is_alive():
             self._worker.join(timeout=timeout_s)
+        if self._store is not None:
+            self._store.close()  # a running job's record stays "running": the next start marks it interrupted
 
     # --- client side ---------------------------------------------------------------------------------------
     def submit(
@@ -183,6 +279,8 @@ class JobQueue:
         seed: int | None = None,
         lean: LeanRetry | None = None,
         in_memory: bool = False,
+        durable: bool = False,
+        params: dict[str, Any] | None = None,
     ) -> Job:
         self.purge_expired()
         job = Job(
@@ -194,6 +292,8 @@ class JobQueue:
             seed=seed,
             lean=lean,
             in_memory=in_memory,
+            durable=durable,
+            params=params,
         )
         with self._cond:
             if len(self._queued) >= self.max_queued:
@@ -205,6 +305,7 @@ class JobQueue:
                     retry_after_s=self.retry_after_s,
                 )
             self._jobs[job.id] = job
+            self.record(job)  # before the worker can see it: a job is durable from the moment it is accepted
             self._queued.append(job)
             self._cond.notify_all()
         return job
@@ -239,6 +340,7 @@ class JobQueue:
         """Forget a finished job at once (used by `/v1/infer`, whose result travels in the response)."""
         with self._cond:
             self._jobs.pop(job.id, None)
+        self._forget([job])
         self._remove_files(job)
 
     def depth(self) -> int:
@@ -275,6 +377,7 @@ class JobQueue:
             expired = [j for j in self._jobs.values() if j.finished is not None and j.finished < cutoff]
             for job in expired:
                 del self._jobs[job.id]
+        self._forget(expired)
         for job in expired:
             self._remove_files(job)
 
@@ -288,6 +391,7 @@ class JobQueue:
                     return
                 job = self._queued.popleft()
                 job.status, job.started = "running", time.time()
+            self.record(job)
             self.metrics.wait_seconds.observe(job.started - job.created)
             self._execute(job)
 
@@ -393,6 +497,7 @@ class JobQueue:
             job.status, job.error, job.error_code, job.finished = status, error, code, time.time()
             if status == "succeeded":
                 job.progress, job.stage = 1.0, "done"
+        self.record(job)
         self.metrics.jobs.labels(job.kind, status).inc()
         with contextlib.suppress(Exception):  # a waiter may have cancelled its future
             job.done.set_result(None)
@@ -403,7 +508,7 @@ class JobQueue:
         shutil.rmtree(self.results_dir / job.id, ignore_errors=True)
 
     def _remove_stale_results(self) -> None:
-        """Results of a previous process are unreachable (the store is in memory); drop the expired ones."""
+        """Result folders older than the retention (their records expire with them, or never existed)."""
         cutoff = time.time() - self.retention_s
         for folder in self.results_dir.iterdir():
             if folder.is_dir() and folder.stat().st_mtime < cutoff:

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -237,6 +237,8 @@ class TrellisService:
             seed=task.params.seed,
             lean=self._lean_3d(task),
             in_memory=in_memory,
+            durable=not in_memory,  # polled by id (`/v1/jobs`): its record must answer after a restart
+            params={"mode": task.mode, **asdict(task.params)},
         )
 
     def _check_capabilities(self, task: Task3D) -> None:
