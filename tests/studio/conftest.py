@@ -15,6 +15,8 @@ from PIL import Image
 from config import Settings
 from studio.context import StudioContext
 from studio.workspace import Workspace
+from tests.studio import chromium
+from tests.studio.fake_stack import FakeStack, fake_stack
 from tests.studio.fakes import fake_llm, fake_trellis
 from tests.studio.live import Stack, stack
 from tests.support import serve_in_thread
@@ -27,6 +29,20 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("studio-live")
     with stack(root, tmp_path_factory.getbasetemp() / "model-cache") as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def fake_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeStack]:
+    """The real app on its defaults talking to fake services, one per test module."""
+    with fake_stack(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])) as s:
+        yield s
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Chromium (tests that use it skip themselves where Chromium is not installed)."""
+    with chromium.chromium() as driver:
+        yield driver
 
 
 @pytest.fixture(scope="module")

@@ -27,22 +27,10 @@ NAMES = ["Armchair", "Floor lamp"]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeStack]:
-    with fake_stack(tmp_path_factory.mktemp("browser-plan")) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeStack]:
     """The app with a short UI_HTTP_TIMEOUT_S: the planning timeout is what its test is about."""
     with fake_stack(tmp_path_factory.mktemp("browser-timeout"), UI_HTTP_TIMEOUT_S="2") as s:
         yield s
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with chromium.chromium() as driver:
-        yield driver
 
 
 def page_text(driver: Any) -> str:
@@ -55,22 +43,22 @@ def card_names(driver: Any, names: list[str]) -> list[str]:
     return [next((n for n in names if n in text), "?") for text in shown]
 
 
-def open_page(driver: Any, stack: FakeStack) -> None:
-    driver.get(stack.app)
+def open_page(driver: Any, fake_app: FakeStack) -> None:
+    driver.get(fake_app.app)
     chromium.wait_for(lambda: "LLM ready" in page_text(driver), "the LLM ready in the header")
 
 
-def plan_first_scene(driver: Any, stack: FakeStack) -> None:
+def plan_first_scene(driver: Any, fake_app: FakeStack) -> None:
     """Plan the two-object scene."""
-    stack.reset(plans=[json.dumps(PLAN)])
+    fake_app.reset(plans=[json.dumps(PLAN)])
     chromium.send_chat(driver, "a cozy reading corner")
     chromium.wait_for(lambda: card_names(driver, NAMES) == NAMES, "the planned cards")
     chromium.wait_for(lambda: chromium.button(driver, "Send").is_enabled(), "Send enabled again")
 
 
-def test_the_first_card_shows_before_the_plan_ends(browser: Any, stack: FakeStack, tmp_path: Path) -> None:
-    open_page(browser, stack)
-    stack.reset(plans=[json.dumps(THREE)], chunk_chars=6, chunk_delay_s=0.15)  # ~6 s for the whole plan
+def test_the_first_card_shows_before_the_plan_ends(browser: Any, fake_app: FakeStack, tmp_path: Path) -> None:
+    open_page(browser, fake_app)
+    fake_app.reset(plans=[json.dumps(THREE)], chunk_chars=6, chunk_delay_s=0.15)  # ~6 s for the whole plan
     chromium.send_chat(browser, "a cozy reading corner")
     chromium.wait_for(lambda: chromium.visible_cards(browser), "the first streamed card", timeout_s=30)
     text = page_text(browser)
@@ -100,20 +88,20 @@ def test_a_planning_timeout_leaves_the_scene_and_its_names(browser: Any, impatie
     chromium.wait_for(lambda: chromium.button(browser, "Send").is_enabled(), "Send enabled after the timeout")
 
 
-def test_an_edit_that_changes_nothing_says_so(browser: Any, stack: FakeStack) -> None:
-    open_page(browser, stack)
-    plan_first_scene(browser, stack)
-    stack.reset(plans=[json.dumps(NO_EDIT)])
+def test_an_edit_that_changes_nothing_says_so(browser: Any, fake_app: FakeStack) -> None:
+    open_page(browser, fake_app)
+    plan_first_scene(browser, fake_app)
+    fake_app.reset(plans=[json.dumps(NO_EDIT)])
     chromium.send_chat(browser, "add an armchair, a floor lamp and a small side table")
     chromium.wait_for(lambda: "Nothing changed: " in page_text(browser), "the nothing-changed reply")
     assert card_names(browser, NAMES) == NAMES
 
 
-def test_ask_mode_answers_as_chat(browser: Any, stack: FakeStack) -> None:
-    open_page(browser, stack)
-    stack.reset()
+def test_ask_mode_answers_as_chat(browser: Any, fake_app: FakeStack) -> None:
+    open_page(browser, fake_app)
+    fake_app.reset()
     mode = browser.find_element(By.ID, "chat-mode")
     next(label for label in mode.find_elements(By.TAG_NAME, "label") if label.text.strip() == "Ask").click()
     chromium.send_chat(browser, "a cozy reading corner")
     chromium.wait_for(lambda: "Hello there!" in page_text(browser), "the chat answer")
-    assert stack.plan_calls() == [] and chromium.visible_cards(browser) == []
+    assert fake_app.plan_calls() == [] and chromium.visible_cards(browser) == []

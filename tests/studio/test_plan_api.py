@@ -21,12 +21,6 @@ THREE = {**PLAN, "objects": [*PLAN["objects"], {**PLAN["objects"][1], "name": "S
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeStack]:
-    with fake_stack(tmp_path_factory.mktemp("plan-api")) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
 def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeStack]:
     """The app with a short UI_HTTP_TIMEOUT_S: the timeout is what its tests are about."""
     with fake_stack(tmp_path_factory.mktemp("plan-api-timeout"), UI_HTTP_TIMEOUT_S="1.5") as s:
@@ -37,26 +31,26 @@ def chat(client: Client, history: list[dict[str, Any]], text: str, *mode: str) -
     return client.predict([*history, *user(text)], *mode, api_name="/chat")
 
 
-def test_a_client_that_leaves_out_the_mode_plans(stack: FakeStack) -> None:
-    stack.reset(plans=[json.dumps(PLAN)])
-    history, scene = Client(stack.app, verbose=False).predict(user("a cozy reading corner"), api_name="/chat")
+def test_a_client_that_leaves_out_the_mode_plans(fake_app: FakeStack) -> None:
+    fake_app.reset(plans=[json.dumps(PLAN)])
+    history, scene = Client(fake_app.app, verbose=False).predict(user("a cozy reading corner"), api_name="/chat")
     assert last_text(history).startswith("Here is a plan for") and [o["name"] for o in scene["objects"]] == [
         "Armchair",
         "Floor lamp",
     ]
-    (call,) = stack.plan_calls()
+    (call,) = fake_app.plan_calls()
     assert call["response_format"]["json_schema"]["name"] == "scene_plan"
 
 
-def test_ask_mode_answers_as_chat(stack: FakeStack) -> None:
-    stack.reset()
-    history, scene = Client(stack.app, verbose=False).predict(user("a cozy reading corner"), "ask", api_name="/chat")
-    assert last_text(history) == "Hello there!" and scene is None and stack.plan_calls() == []
+def test_ask_mode_answers_as_chat(fake_app: FakeStack) -> None:
+    fake_app.reset()
+    history, scene = Client(fake_app.app, verbose=False).predict(user("a cozy reading corner"), "ask", api_name="/chat")
+    assert last_text(history) == "Hello there!" and scene is None and fake_app.plan_calls() == []
 
 
-def test_cards_stream_before_the_plan_is_saved(stack: FakeStack) -> None:
-    stack.reset(plans=[json.dumps(THREE)], chunk_chars=6, chunk_delay_s=0.05)
-    job = Client(stack.app, verbose=False).submit(user("a cozy reading corner"), api_name="/chat")
+def test_cards_stream_before_the_plan_is_saved(fake_app: FakeStack) -> None:
+    fake_app.reset(plans=[json.dumps(THREE)], chunk_chars=6, chunk_delay_s=0.05)
+    job = Client(fake_app.app, verbose=False).submit(user("a cozy reading corner"), api_name="/chat")
     started, first_card = time.perf_counter(), None
     streamed = []
     for history, scene in job:
@@ -69,17 +63,17 @@ def test_cards_stream_before_the_plan_is_saved(stack: FakeStack) -> None:
     reply, cards = streamed[0]
     assert reply.startswith("Planning… ") and cards < 3
     assert last_text(history).startswith("Here is a plan") and len(scene["objects"]) == 3
-    assert stack.scene_file(scene["id"])["objects"] == scene["objects"]
+    assert fake_app.scene_file(scene["id"])["objects"] == scene["objects"]
 
 
-def test_an_edit_that_changes_nothing_says_so(stack: FakeStack) -> None:
-    stack.reset(plans=[json.dumps(PLAN), json.dumps(NO_EDIT)])
-    client = Client(stack.app, verbose=False)
+def test_an_edit_that_changes_nothing_says_so(fake_app: FakeStack) -> None:
+    fake_app.reset(plans=[json.dumps(PLAN), json.dumps(NO_EDIT)])
+    client = Client(fake_app.app, verbose=False)
     history, scene = chat(client, [], "a cozy reading corner")
-    before = stack.scene_file(scene["id"])
+    before = fake_app.scene_file(scene["id"])
     history, after = chat(client, history, "add an armchair, a floor lamp and a small side table")
     assert last_text(history).startswith("Nothing changed: ") and after["id"] == scene["id"]
-    assert stack.scene_file(scene["id"]) == before
+    assert fake_app.scene_file(scene["id"]) == before
 
 
 def test_errors_and_small_talk_never_reach_the_planner(impatient: FakeStack) -> None:
