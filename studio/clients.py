@@ -220,19 +220,6 @@ class LLMClient(_Service):
         async for delta in self._generate(messages, extra, wanted=max_tokens, min_tokens=min_tokens):
             yield delta
 
-    async def complete_json(
-        self,
-        messages: list[dict[str, str]],
-        schema: dict[str, Any],
-        name: str,
-        *,
-        max_tokens: int,
-        min_tokens: int = MIN_ANSWER_TOKENS,
-    ) -> str:
-        """One `json_schema` call; returns the raw content for the caller to validate."""
-        deltas = self.stream_json(messages, schema, name, max_tokens=max_tokens, min_tokens=min_tokens)
-        return "".join([d async for d in deltas])
-
     # --- one call ------------------------------------------------------------------------------------------
     async def _generate(
         self, messages: list[dict[str, str]], extra: dict[str, Any], *, wanted: int, min_tokens: int

@@ -146,14 +146,15 @@ def test_healthcheck_passes_only_when_all_three_are_ready(fake_services: dict) -
     assert results["llm-service"][0] and results["gradio-app"][0]
 
 
-def test_healthcheck_exit_code_and_report_from_the_command_line(fake_services: dict) -> None:
+def healthcheck_env(fake_services: dict, **extra: str) -> dict[str, str]:
+    """The healthcheck's environment, pointed at the fake programs."""
     s = fake_settings(fake_services)
-    env = clean_env(
-        CHAT3D_PROFILE="tiny",
-        LLM_PORT=str(s.llm_port),
-        TRELLIS_PORT=str(s.trellis_port),
-        GRADIO_SERVER_PORT=str(s.gradio_server_port),
-    )
+    ports = {"LLM_PORT": s.llm_port, "TRELLIS_PORT": s.trellis_port, "GRADIO_SERVER_PORT": s.gradio_server_port}
+    return clean_env(CHAT3D_PROFILE="tiny", **{k: str(v) for k, v in ports.items()}, **extra)
+
+
+def test_healthcheck_exit_code_and_report_from_the_command_line(fake_services: dict) -> None:
+    env = healthcheck_env(fake_services)
     ok = run_script([sys.executable, "scripts/healthcheck.py"], env)
     assert ok.returncode == 0 and ok.stdout.count(": ready") == 4  # three programs and the data dir
     env["TRELLIS_PORT"] = str(free_port())
@@ -167,14 +168,7 @@ def test_healthcheck_fails_with_the_reason_when_data_dir_cannot_be_written(fake_
     modes stop nothing; a regular file where DATA_DIR's directory should be stops everyone."""
     blocked = tmp_path / "data"
     blocked.write_text("not a directory")
-    s = fake_settings(fake_services)
-    env = clean_env(
-        CHAT3D_PROFILE="tiny",
-        LLM_PORT=str(s.llm_port),
-        TRELLIS_PORT=str(s.trellis_port),
-        GRADIO_SERVER_PORT=str(s.gradio_server_port),
-        DATA_DIR=str(blocked),
-    )
+    env = healthcheck_env(fake_services, DATA_DIR=str(blocked))
     out = run_script([sys.executable, "scripts/healthcheck.py"], env)
     assert out.returncode == 1, out.stdout
     assert f"storage: cannot save: DATA_DIR {blocked}" in out.stdout, out.stdout

@@ -212,13 +212,18 @@ def test_real_llm_service_counts_and_the_client_clamps(tmp_path_factory: pytest.
 
     async def run(base_url: str) -> tuple[str, Count, str]:
         services = Services(Settings(_env_file=None, llm_base_url=base_url, api_key=None))
+
+        async def answer(sent: list[dict[str, str]], max_tokens: int) -> str:
+            deltas = services.llm.stream_json(sent, ANSWER_SCHEMA, "answer", max_tokens=max_tokens)
+            return "".join([d async for d in deltas])
+
         try:
             # Far over any context: sent as is, the server would refuse it (400 context_length_exceeded).
-            raw = await services.llm.complete_json(messages, ANSWER_SCHEMA, "answer", max_tokens=1_000_000)
+            raw = await answer(messages, 1_000_000)
             count = await services.llm.counter.count(messages)
             huge = [messages[0], {"role": "user", "content": "chair " * 5000}]
             with pytest.raises(PromptTooLong) as too_long:
-                await services.llm.complete_json(huge, ANSWER_SCHEMA, "answer", max_tokens=32)
+                await answer(huge, 32)
             return raw, count, too_long.value.message
         finally:
             await services.aclose()
