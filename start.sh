@@ -42,6 +42,7 @@ check_python() {
 
 check_settings() {
   "$CHAT3D_PYTHON" config.py --check || die "the settings above are not valid; fix them in .env or the environment"
+  "$CHAT3D_PYTHON" -m studio.access || die "the studio would be open to anyone who reaches it; set the login above"
   local exports
   exports=$("$CHAT3D_PYTHON" scripts/ops_env.py) || die "could not resolve the settings"
   eval "$exports"

@@ -19,10 +19,11 @@ import asyncio
 import ipaddress
 import logging
 import secrets
+import sys
 import threading
 from pathlib import Path
 
-from config import Settings
+from config import Settings, get_settings
 
 log = logging.getLogger("studio.access")
 
@@ -58,6 +59,15 @@ def exposure_problem(settings: Settings) -> str | None:
         "(UI_PUBLISH_ADDRESS / GRADIO_SERVER_NAME). UI_ALLOW_OPEN=true serves it without a login, for use behind "
         "a proxy that signs users in itself."
     )
+
+
+def main() -> None:
+    """`python -m studio.access`: exit 1 with the reason when the studio would refuse to start, so that start.sh
+    says it before starting anything (rather than supervisord restarting a UI that exits)."""
+    problem = exposure_problem(get_settings())
+    if problem:
+        print(problem, file=sys.stderr)
+        raise SystemExit(1)
 
 
 class LoginGuard:
@@ -97,3 +107,7 @@ class ServedFiles(list[str]):
         with self._lock:
             if path not in self:
                 self.append(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -276,6 +276,14 @@ def test_start_refuses_invalid_settings(short_tmp: Path) -> None:
     assert "UI_AUTH_PASSWORD" in out.stderr and "not valid" in out.stderr
 
 
+def test_start_refuses_an_open_studio_with_an_api_key(short_tmp: Path) -> None:
+    """Said before anything starts, not by a UI that supervisord restarts until it gives up."""
+    out = run_script(["./start.sh"], start_env(short_tmp, CHAT3D_PROFILE="tiny", API_KEY="k-123456789"))
+    assert out.returncode == 1
+    assert "API_KEY is set" in out.stderr and "Set UI_AUTH_USER and UI_AUTH_PASSWORD" in out.stderr, out.stderr
+    assert "open to anyone" in out.stderr
+
+
 def test_install_help_and_bad_arguments() -> None:
     ok = run_script(["./install.sh", "--help"], clean_env())
     assert ok.returncode == 0 and "--native" in ok.stdout and "--stop" in ok.stdout
