@@ -305,6 +305,26 @@ class Settings(BaseSettings):
     jobs_queue_size: int = Field(32, ge=1, **_desc("Most 3D/image jobs waiting; more get 429.", "3d"))
     job_timeout_s: float = Field(600.0, gt=0, **_desc("Time limit for one 3D job.", "3d"))
     job_retention_s: float = Field(86400.0, gt=0, **_desc("How long finished jobs and results are kept.", "3d"))
+    trellis_workers: str = Field(
+        "1",
+        pattern=r"^(auto|[1-9][0-9]*)$",
+        **_desc(
+            "3D worker processes: `1` runs 3D jobs in the service process (one GPU); `auto` runs one worker per "
+            "visible GPU, `N` runs N, each pinned to its GPU and draining the same job queue under DATA_DIR.",
+            "3d",
+        ),
+    )
+    trellis_worker_heartbeat_s: float = Field(
+        1.0, gt=0, **_desc("How often a 3D worker process reports that it is alive (TRELLIS_WORKERS > 1).", "3d")
+    )
+    trellis_worker_stale_s: float = Field(
+        30.0,
+        gt=0,
+        **_desc(
+            "A 3D worker silent this long is killed and restarted; its job fails as `interrupted`.",
+            "3d",
+        ),
+    )
     storage_min_free_mb: int = Field(
         512,
         ge=0,

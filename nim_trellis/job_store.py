@@ -10,6 +10,13 @@ disk for every job; the client resubmits instead.
 Only jobs a client polls by id are recorded (`POST /v1/jobs`); `/v1/infer` and image jobs answer within their own
 HTTP request and die with it. SQLite runs in WAL mode with `synchronous=NORMAL`: a record survives the process
 being killed (the power failing may lose the last writes, which only costs a status).
+
+With TRELLIS_WORKERS > 1 the same file is the queue itself, shared by the API process and the worker processes
+(`nim_trellis/workers.py`): a job's input is on disk, so a queued job survives a restart and runs afterwards.
+Three columns serve that mode only: `worker` (who claimed it), `cancel_requested` (set by the API, read by the
+worker at its next stage boundary) and `heartbeat`; the `workers` table holds each worker's state. A claim is one
+`UPDATE ... RETURNING` statement, so two workers never take the same job; SQLite's busy timeout makes concurrent
+writers wait instead of failing.
 """
 
 from __future__ import annotations
@@ -42,9 +49,30 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished REAL,
     result_path TEXT,
     media_type TEXT,
-    params TEXT
+    params TEXT,
+    worker TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    heartbeat REAL
 )
 """
+WORKERS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    device TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    capabilities TEXT,
+    heartbeat REAL NOT NULL
+)
+"""
+# Columns added after the first release of the store: added to an older file on open.
+ADDED_COLUMNS = {
+    "worker": "TEXT",
+    "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+    "heartbeat": "REAL",
+}
+BUSY_TIMEOUT_S = 30.0  # a writer waits this long for another process's write; writes take milliseconds
 COLUMNS = (
     "id",
     "kind",
@@ -96,17 +124,46 @@ class JobStore:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)  # autocommit
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_S
+        )  # autocommit
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(SCHEMA)
+        self._db.execute(WORKERS_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, decl in ADDED_COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
 
     def put(self, record: JobRecord) -> None:
+        """Insert or update the record's columns; the worker columns of an existing row are left alone."""
         row = [getattr(record, c) for c in COLUMNS]
         row[COLUMNS.index("params")] = json.dumps(record.params) if record.params is not None else None
         marks = ", ".join("?" for _ in COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "id")
+        sql = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET {updates}"
         with self._lock:
-            self._db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(COLUMNS)}) VALUES ({marks})", row)
+            self._db.execute(sql, row)
+
+    def execute(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """One statement, its rows (the queue's own queries, `nim_trellis/workers.py`)."""
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        rows = self.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,))
+        return self._records(rows)[0] if rows else None
+
+    def claim(self, worker: str, now: float) -> JobRecord | None:
+        """Take the oldest queued job for `worker`, atomically: no other worker can take the same one."""
+        rows = self.execute(
+            f"UPDATE jobs SET status = 'running', started = ?, worker = ?, heartbeat = ? "
+            f"WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created LIMIT 1) "
+            f"RETURNING {', '.join(COLUMNS)}",
+            (now, worker, now),
+        )
+        return self._records(rows)[0] if rows else None
 
     def delete(self, job_ids: list[str]) -> None:
         if not job_ids:
@@ -115,8 +172,10 @@ class JobStore:
             self._db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i in job_ids])
 
     def all(self) -> list[JobRecord]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY created").fetchall()
+        return self._records(self.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY created"))
+
+    @staticmethod
+    def _records(rows: list[tuple[Any, ...]]) -> list[JobRecord]:
         records = []
         for row in rows:
             values = dict(zip(COLUMNS, row, strict=True))

@@ -156,6 +156,8 @@ class JobContext:
 
     def stage(self, name: str, progress: float) -> None:
         self.close_stage()
+        if self._queue.cancel_check is not None and self._queue.cancel_check(self.job):
+            self.job.cancel_requested = True  # asked from another process (a worker's job, `workers.py`)
         self._check()
         self.job.stage, self.job.progress = name, max(self.job.progress, min(progress, 1.0))
         self._queue.record(self.job)  # a handful per job; progress within a stage is not written
@@ -199,17 +201,26 @@ class JobQueue:
         self._queued: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        # Whether a job's cancel was asked elsewhere, read at each stage boundary (set by a worker process).
+        self.cancel_check: Callable[[Job], bool] | None = None
         self._worker = threading.Thread(target=self._run_worker, name="trellis-worker", daemon=True)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, *, take_back: bool = True) -> None:
+        """Start the worker thread; `take_back=False` leaves the job store to its owner (`workers.WorkerPool`,
+        whose queued jobs must stay queued rather than be failed as interrupted)."""
         try:  # an unusable disk must not stop the service: readiness and each job say why (servicekit.storage)
             self.results_dir.mkdir(parents=True, exist_ok=True)
             self._remove_stale_results()
         except OSError as e:
             log.warning("%s", cannot_save(f"job results in {self.results_dir}", e))
-        self._open_store()
+        if take_back:
+            self._open_store()
         self._worker.start()
+
+    def attach_store(self, store: JobStore) -> None:
+        """Record durable jobs in `store`, opened and taken back by someone else (a worker process)."""
+        self._store = store
 
     def _open_store(self) -> None:
         """Open the job store and take back its jobs; without it (a disk that cannot hold it) jobs live in memory
@@ -392,8 +403,12 @@ class JobQueue:
                 job = self._queued.popleft()
                 job.status, job.started = "running", time.time()
             self.record(job)
-            self.metrics.wait_seconds.observe(job.started - job.created)
-            self._execute(job)
+            self.run_claimed(job)
+
+    def run_claimed(self, job: Job) -> None:
+        """Run a job that is already `running` to its end (this queue's worker, or a worker process's loop)."""
+        self.metrics.wait_seconds.observe((job.started or job.created) - job.created)
+        self._execute(job)
 
     def _execute(self, job: Job) -> None:
         ctx = JobContext(job, self, deadline=time.monotonic() + self.timeout_s)

@@ -248,6 +248,16 @@ class BackendHealth(BaseModel):
     detail: str
 
 
+class WorkerHealth(BaseModel):
+    """One 3D worker process (TRELLIS_WORKERS > 1): its GPU, and whether its backend is loaded."""
+
+    name: str
+    device: str
+    pid: int | None = None
+    state: Literal["ready", "loading", "error"]
+    detail: str = "starting"
+
+
 class HealthResponse(BaseModel):
     status: Literal["ready", "loading", "error"]
     message: str
@@ -259,3 +269,4 @@ class HealthResponse(BaseModel):
     vram_reason: str = ""
     vram_applies: bool = False  # False when the models run on CPU
     vram_lowered: list[str] = Field(default_factory=list)  # quality/speed knobs the plan turns down
+    workers: list[WorkerHealth] | None = None  # only with TRELLIS_WORKERS > 1 (nim_trellis/workers.py)

@@ -35,7 +35,7 @@ def service_of(request: Request) -> TrellisService:
 
 async def ready(request: Request) -> JSONResponse:
     body = await asyncio.to_thread(service_of(request).health)  # it may touch the disk (the storage check)
-    facts = body.model_dump(exclude={"status", "message"})
+    facts = body.model_dump(exclude={"status", "message"} | ({"workers"} if body.workers is None else set()))
     return ready_response(body.status, body.message, request.app.state.settings.trellis_retry_after_s, **facts)
 
 

@@ -24,10 +24,11 @@ from typing import Literal
 from PIL import Image
 
 from config import Settings
-from nim_trellis.backends.base import Backend3D, MeshArtifact, ScaledReporter
+from nim_trellis.backends.base import Backend3D, Capability, MeshArtifact, ScaledReporter
 from nim_trellis.backends.relief import has_real_alpha
 from nim_trellis.imagegen.sana import SanaImageGenerator
 from nim_trellis.imaging import ImageService
+from nim_trellis.job_store import JobRecord
 from nim_trellis.jobs import Job, JobContext, JobQueue, LeanRetry, SafetyRefused
 from nim_trellis.protocol import (
     Artifact,
@@ -41,6 +42,7 @@ from nim_trellis.protocol import (
     Task3D,
 )
 from nim_trellis.safety import Decision, SafetyGate
+from nim_trellis.workers import WorkerPool, visible_gpus, worker_count
 from servicekit.errors import APIError
 from servicekit.hub import ModelMissing
 from servicekit.storage import StorageCheck
@@ -83,10 +85,11 @@ class TrellisService:
         imagegen: SanaImageGenerator | None = None,
         safety: SafetyGate | None = None,
         vram: VramPlan | None = None,
+        gpu_index: int | None = None,
     ) -> None:
         self.settings = settings
         self.vram = vram or plan_3d(settings)
-        self.lease = lease_for(settings, self.vram, role="3d")
+        self.lease = lease_for(settings, self.vram, role="3d", gpu_index=gpu_index)
         self.backend = backend or make_backend(settings, self.vram)
         offload = self.vram.applies and self.vram.sana_placement == "offload"
         self.imagegen = imagegen or SanaImageGenerator(settings, offload=offload)
@@ -102,18 +105,35 @@ class TrellisService:
             oom_advice=self.vram.oom_advice(),
         )
         self.images = ImageService(self)
+        gpus = visible_gpus() if settings.trellis_workers != "1" else []
+        count = worker_count(settings.trellis_workers, len(gpus))
+        # Several workers: 3D jobs run in worker processes (nim_trellis/workers.py), not in this one.
+        self.pool = WorkerPool(settings, settings.data_dir / "jobs", count, gpus) if count > 1 else None
         self._loader = threading.Thread(target=self.load_models, name="trellis-loader", daemon=True)
 
     # --- lifecycle and health ------------------------------------------------------------------------------
     def start(self) -> None:
-        self.queue.start()
+        self.queue.start(take_back=self.pool is None)  # the pool owns the job store when there is one
+        if self.pool is not None:
+            self.pool.start()
         self._loader.start()  # in the background, so /v1/health/live answers at once
 
     def stop(self) -> None:
         self.queue.stop()
+        if self.pool is not None:
+            self.pool.stop()
 
     def load_models(self) -> None:
         started = time.monotonic()
+        if self.pool is None:  # else each worker process loads its own
+            self.load_backend()
+        self.imagegen.load()
+        self.safety.load()
+        states = {name: h.state for name, h in self.components().items()}  # the reasons were logged where they arose
+        log.info("model loading finished in %.1fs: %s", time.monotonic() - started, states)
+        log.info("GPU memory plan %s (%s): %s", self.vram.profile, self.vram.reason, self.vram.lowered or "as set")
+
+    def load_backend(self) -> None:
         try:
             self.backend.load()
             self.backend_health = BackendHealth(state="ready", detail=f"{self.backend.name} backend loaded")
@@ -123,21 +143,17 @@ class TrellisService:
         except Exception as e:
             log.exception("3D backend %s failed to load", self.backend.name)
             self.backend_health = BackendHealth(state="error", detail=f"{self.backend.name}: {type(e).__name__}: {e}")
-        self.imagegen.load()
-        self.safety.load()
-        states = {name: h.state for name, h in self.components().items()}  # the reasons were logged where they arose
-        log.info("model loading finished in %.1fs: %s", time.monotonic() - started, states)
-        log.info("GPU memory plan %s (%s): %s", self.vram.profile, self.vram.reason, self.vram.lowered or "as set")
 
     def components(self) -> dict[str, BackendHealth]:
+        backend_health = self.backend_health if self.pool is None else self.pool.backend_health(self.backend.name)
         parts = {
-            "3d": self.backend_health,
+            "3d": backend_health,
             "imagegen": self.imagegen.health,
             "safety_prompt": self.safety.prompt.health,
             "safety_image": self.safety.image.health,
         }
-        if self.backend_health.state == "ready":  # optional parts of the 3D backend, known once it has loaded
-            for name, cap in self.backend.capabilities().items():
+        if backend_health.state == "ready":  # optional parts of the 3D backend, known once it has loaded
+            for name, cap in self.capabilities().items():
                 parts[name] = BackendHealth(state="ready" if cap.available else "off", detail=cap.detail)
         return parts
 
@@ -173,10 +189,15 @@ class TrellisService:
             message=message,
             backends=parts,
             storage=storage,
-            queue_depth=self.queue.depth(),
+            queue_depth=self.queue.depth() + (self.pool.depth() if self.pool else 0),
             profile=self.settings.profile,
+            workers=self.pool.workers() if self.pool else None,
             **self.vram.health_fields(),
         )
+
+    def capabilities(self) -> dict[str, Capability]:
+        """The 3D backend's optional parts: this process's backend, or a worker's when workers run the jobs."""
+        return self.backend.capabilities() if self.pool is None else self.pool.capabilities()
 
     def require(self, *names: str) -> None:
         """503 with Retry-After unless the named components can serve (off components are the caller's concern)."""
@@ -218,6 +239,21 @@ class TrellisService:
         return task
 
     def enqueue_3d(self, task: Task3D, *, in_memory: bool = False) -> Job:
+        self.require_3d(task)
+        return self.queue.submit(
+            "3d",
+            lambda ctx: self.run_3d(task, ctx),
+            backend=self.backend.name,
+            output_format=task.params.output_format,
+            seed=task.params.seed,
+            lean=self.lean_3d(task),
+            in_memory=in_memory,
+            durable=not in_memory,  # polled by id (`/v1/jobs`): its record must answer after a restart
+            params={"mode": task.mode, **asdict(task.params)},
+        )
+
+    def require_3d(self, task: Task3D) -> None:
+        """503 unless the models this 3D task needs can serve."""
         self.require("3d", "safety_prompt", "safety_image")
         if task.mode == "text" and not self.backend.supports_text:
             self.require("imagegen")
@@ -229,21 +265,10 @@ class TrellisService:
                     code="text_mode_unavailable",
                     param="prompt",
                 )
-        return self.queue.submit(
-            "3d",
-            lambda ctx: self._run_3d(task, ctx),
-            backend=self.backend.name,
-            output_format=task.params.output_format,
-            seed=task.params.seed,
-            lean=self._lean_3d(task),
-            in_memory=in_memory,
-            durable=not in_memory,  # polled by id (`/v1/jobs`): its record must answer after a restart
-            params={"mode": task.mode, **asdict(task.params)},
-        )
 
     def _check_capabilities(self, task: Task3D) -> None:
         """Refuse, before queueing, what this server cannot make (a missing optional part of the backend)."""
-        caps = self.backend.capabilities()
+        caps = self.capabilities()
         texture, cutout = caps.get("texture"), caps.get("background_removal")
         params = task.params
         if texture and not texture.available and params.output_format == "glb" and not params.no_texture:
@@ -265,14 +290,14 @@ class TrellisService:
                 param="image",
             )
 
-    def _lean_3d(self, task: Task3D) -> LeanRetry:
+    def lean_3d(self, task: Task3D) -> LeanRetry:
         """After CUDA out-of-memory: the same job without the texture bake (the largest peak), once."""
         textured = task.params.output_format == "glb" and not task.params.no_texture
         leaner = replace(task, params=replace(task.params, no_texture=True))
         what = "without texture" if textured else "after freeing GPU memory"
-        return LeanRetry(what, lambda ctx: self._run_3d(leaner, ctx))
+        return LeanRetry(what, lambda ctx: self.run_3d(leaner, ctx))
 
-    def _run_3d(self, task: Task3D, ctx: JobContext) -> MeshArtifact:
+    def run_3d(self, task: Task3D, ctx: JobContext) -> MeshArtifact:
         params, image = task.params, task.image
         if task.mode == "text" and task.prompt:
             ctx.stage("safety_prompt", 0.01)
@@ -316,9 +341,12 @@ class TrellisService:
 
     async def infer(self, request: InferRequest, is_disconnected: Disconnected | None = None) -> InferResult:
         """Run one 3D job to its end; a failure is raised as a `APIError` with the job's reason."""
-        job = await self.submit_3d(request, in_memory=True)
-        await self.wait(job, is_disconnected)
-        self.queue.discard(job)
+        if self.pool is not None:
+            job = await self._infer_in_worker(request, is_disconnected)
+        else:
+            job = await self.submit_3d(request, in_memory=True)
+            await self.wait(job, is_disconnected)
+            self.queue.discard(job)
         if job.status == "succeeded" and isinstance(job.value, MeshArtifact):
             return InferResult(job.value, "SUCCESS")
         if job.status == "filtered":
@@ -328,22 +356,49 @@ class TrellisService:
         retry = self.settings.trellis_retry_after_s if status == 503 else None
         raise APIError(status, f"3D generation failed: {job.error}", code=code, retry_after_s=retry)
 
+    async def _infer_in_worker(self, request: InferRequest, is_disconnected: Disconnected | None) -> Job:
+        """`/v1/infer` with worker processes: a queued job like any other, waited on, its file read and removed."""
+        record = await asyncio.to_thread(self._submit_to_pool, request)
+        assert self.pool is not None
+        try:
+            done = await self.pool.wait(record.id, is_disconnected)
+            job = Job.of(done)
+            if job.status == "succeeded" and job.result_path is not None:
+                data = await asyncio.to_thread(job.result_path.read_bytes)
+                job.value = MeshArtifact(data, job.output_format, job.backend, job.seed or 0)  # type: ignore[arg-type]
+            return job
+        finally:
+            await asyncio.to_thread(self.pool.discard, record.id)
+
+    def _submit_to_pool(self, request: InferRequest) -> JobRecord:
+        assert self.pool is not None
+        task = self._checked_task(request)
+        self.require_3d(task)
+        return self.pool.submit(task, backend=self.backend.name)
+
     async def create_job(self, request: InferRequest) -> JobCreated:
         problem = await asyncio.to_thread(self.storage.problem)
         if problem:  # the result could not be kept: refuse now rather than fail after the GPU work
             raise APIError(507, f"Cannot accept jobs: {problem}", code="storage_unavailable")
+        if self.pool is not None:
+            record = await asyncio.to_thread(self._submit_to_pool, request)
+            return JobCreated(id=record.id, status="queued", queue_position=self.pool.position(record))
         job = await self.submit_3d(request)
         return JobCreated(id=job.id, status=job.status, queue_position=self.queue.position(job))
 
     def job_status(self, job_id: str) -> JobStatus:
+        if self.pool is not None:
+            return self.pool.status(self.pool.get(job_id))
         return self.queue.status(self.queue.get(job_id))
 
     def cancel_job(self, job_id: str) -> JobStatus:
+        if self.pool is not None:
+            return self.pool.status(self.pool.cancel(job_id))
         return self.queue.status(self.queue.cancel(job_id))
 
     def job_result(self, job_id: str) -> ResultFile:
         """The finished job's file; 409 while it runs (or when it did not succeed), 404 once it has expired."""
-        job = self.queue.get(job_id)
+        job = self.queue.get(job_id) if self.pool is None else Job.of(self.pool.get(job_id))
         if job.status != "succeeded" or job.result_path is None:
             raise APIError(
                 409,

@@ -159,6 +159,22 @@ class VramLease:
         return True
 
 
-def lease_for(settings: Settings, plan: VramPlan, role: str) -> VramLease:
-    """The appliance's lease (RUN_DIR/vram.lease), enabled where the plan says the services must take turns."""
-    return VramLease(settings.run_dir / LEASE_FILE, enabled=plan.applies and plan.lease, role=role)
+def lease_for(settings: Settings, plan: VramPlan, role: str, gpu_index: int | None = None) -> VramLease:
+    """The appliance's lease (RUN_DIR/vram.lease), enabled where the plan says the services must take turns.
+
+    A 3D worker pinned to one GPU (TRELLIS_WORKERS > 1, `gpu_index` its place among the visible GPUs) shares
+    that file with the LLM only on the LLM's GPU (LLM_DEVICE); on any other GPU it takes that GPU's own file,
+    which nobody contends, so the lease is per device and workers never wait for each other.
+    """
+    name = LEASE_FILE
+    if gpu_index is not None and gpu_index != llm_gpu_index(settings):
+        name = f"{LEASE_FILE}.gpu{gpu_index}"
+    return VramLease(settings.run_dir / name, enabled=plan.applies and plan.lease, role=role)
+
+
+def llm_gpu_index(settings: Settings) -> int | None:
+    """Which visible GPU the LLM runs on (`cuda` is the first), or None on the CPU."""
+    device = str(settings.llm_device or "cpu")
+    if not device.startswith("cuda"):
+        return None
+    return int(device.partition(":")[2] or 0)
