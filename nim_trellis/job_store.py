@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nim_trellis.protocol import WorkerHealth
+
 log = logging.getLogger("nim_trellis.job_store")
 
 SCHEMA = """
@@ -165,6 +167,97 @@ class JobStore:
         )
         return self._records(rows)[0] if rows else None
 
+    def enqueue(self, record: JobRecord) -> None:
+        """Add a `queued` job; the row is the queue entry."""
+        self.put(record)
+
+    def fail_unfinished(self, job_id: str, error: str, now: float) -> None:
+        """Fail a queued or running job as `interrupted`; a finished one is left as it is."""
+        self.execute(
+            "UPDATE jobs SET status = 'failed', error = ?, error_code = 'interrupted', finished = ? "
+            "WHERE id = ? AND status IN ('queued', 'running')",
+            (error, now, job_id),
+        )
+
+    def cancel_queued(self, job_id: str, now: float) -> None:
+        """Cancel the job if it is still queued (never one a worker has just claimed)."""
+        self.execute(
+            "UPDATE jobs SET status = 'cancelled', error = 'cancelled before it started', error_code = 'cancelled', "
+            "finished = ? WHERE id = ? AND status = 'queued'",
+            (now, job_id),
+        )
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask the worker running the job to stop it at its next stage boundary."""
+        self.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        rows = self.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
+        return bool(rows and rows[0][0])
+
+    def beat_job(self, job_id: str, now: float, progress: float) -> None:
+        self.execute(
+            "UPDATE jobs SET heartbeat = ?, progress = ? WHERE id = ? AND status = 'running'", (now, progress, job_id)
+        )
+
+    def running(self) -> list[str]:
+        return [i for (i,) in self.execute("SELECT id FROM jobs WHERE status = 'running'")]
+
+    def held_by(self, worker: str) -> list[str]:
+        return [i for (i,) in self.execute("SELECT id FROM jobs WHERE worker = ? AND status = 'running'", (worker,))]
+
+    def stale_running(self, cutoff: float) -> list[str]:
+        rows = self.execute("SELECT id FROM jobs WHERE status = 'running' AND heartbeat < ?", (cutoff,))
+        return [i for (i,) in rows]
+
+    def worker_of(self, job_id: str) -> str | None:
+        """The worker that claimed the job (tests and logs; the HTTP API does not tell)."""
+        rows = self.execute("SELECT worker FROM jobs WHERE id = ?", (job_id,))
+        return str(rows[0][0]) if rows and rows[0][0] else None
+
+    def depth(self) -> int:
+        return int(self.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'")[0][0])
+
+    def queue_position(self, record: JobRecord) -> int:
+        """1-based place of a queued job."""
+        ahead = self.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND created < ?", (record.created,))[0][
+            0
+        ]
+        return int(ahead) + 1
+
+    def finished_before(self, cutoff: float) -> list[str]:
+        return [i for (i,) in self.execute("SELECT id FROM jobs WHERE finished < ?", (cutoff,))]
+
+    # --- workers ---------------------------------------------------------------------------------------------
+    def report_worker(self, worker: WorkerHealth, caps: dict[str, Any] | None, now: float) -> None:
+        self.execute(
+            "INSERT OR REPLACE INTO workers (name, device, pid, state, detail, capabilities, heartbeat) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (worker.name, worker.device, worker.pid, worker.state, worker.detail, _json(caps), now),
+        )
+
+    def beat_worker(self, name: str, now: float) -> None:
+        self.execute("UPDATE workers SET heartbeat = ? WHERE name = ?", (now, name))
+
+    def worker_heartbeat(self, name: str) -> float | None:
+        rows = self.execute("SELECT heartbeat FROM workers WHERE name = ?", (name,))
+        return float(rows[0][0]) if rows else None
+
+    def workers(self) -> list[WorkerHealth]:
+        rows = self.execute("SELECT name, device, pid, state, detail FROM workers ORDER BY name")
+        return [WorkerHealth(name=r[0], device=r[1], pid=r[2], state=r[3], detail=r[4]) for r in rows]
+
+    def ready_capabilities(self) -> dict[str, Any]:
+        """What a ready worker's backend can do, as it reported it (empty before one is ready)."""
+        rows = self.execute("SELECT capabilities FROM workers WHERE state = 'ready' LIMIT 1")
+        return json.loads(rows[0][0]) if rows and rows[0][0] else {}
+
+    def forget_worker(self, name: str) -> None:
+        self.execute("DELETE FROM workers WHERE name = ?", (name,))
+
+    def forget_workers(self) -> None:
+        self.execute("DELETE FROM workers")
+
     def delete(self, job_ids: list[str]) -> None:
         if not job_ids:
             return
@@ -186,3 +279,7 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return json.dumps(value) if value is not None else None
