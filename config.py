@@ -314,6 +314,16 @@ class Settings(BaseSettings):
             "3d",
         ),
     )
+    job_queue_url: str | None = Field(
+        None,
+        pattern=r"^(rediss?://.*)?$",
+        **_desc(
+            "Where the 3D job queue lives: empty keeps it embedded (in the service, or SQLite under DATA_DIR with "
+            "TRELLIS_WORKERS > 1); `redis://host:6379/0` puts it in Redis, shared by any number of API processes "
+            "and of workers (`python -m nim_trellis.worker`) on any host, all sharing DATA_DIR.",
+            "3d",
+        ),
+    )
     trellis_worker_heartbeat_s: float = Field(
         1.0, gt=0, **_desc("How often a 3D worker process reports that it is alive (TRELLIS_WORKERS > 1).", "3d")
     )

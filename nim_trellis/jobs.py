@@ -34,7 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nim_trellis.backends.base import MeshArtifact
 from nim_trellis.backends.optional_deps import MissingDependency
@@ -45,6 +45,9 @@ from nim_trellis.protocol import JobState, JobStatus
 from servicekit.errors import APIError
 from servicekit.storage import cannot_save
 from servicekit.vram import free_gpu_memory, is_cuda_oom
+
+if TYPE_CHECKING:
+    from nim_trellis.queue_store import QueueStore
 
 log = logging.getLogger("nim_trellis.jobs")
 
@@ -197,7 +200,7 @@ class JobQueue:
         self.results_dir, self.retry_after_s = results_dir, retry_after_s
         self.metrics = ServiceMetrics(queue_depth=self.depth)
         self._jobs: dict[str, Job] = {}
-        self._store: JobStore | None = None  # opened in start(); None when DATA_DIR cannot hold it
+        self._store: JobStore | QueueStore | None = None  # opened in start(); None when DATA_DIR cannot hold it
         self._queued: deque[Job] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -218,7 +221,7 @@ class JobQueue:
             self._open_store()
         self._worker.start()
 
-    def attach_store(self, store: JobStore) -> None:
+    def attach_store(self, store: JobStore | QueueStore) -> None:
         """Record durable jobs in `store`, opened and taken back by someone else (a worker process)."""
         self._store = store
 

@@ -105,10 +105,12 @@ class TrellisService:
             oom_advice=self.vram.oom_advice(),
         )
         self.images = ImageService(self)
-        gpus = visible_gpus() if settings.trellis_workers != "1" else []
-        count = worker_count(settings.trellis_workers, len(gpus))
+        remote = bool(settings.job_queue_url)  # workers join the queue on their own, on any host
+        gpus = visible_gpus() if settings.trellis_workers != "1" and not remote else []
+        count = 0 if remote else worker_count(settings.trellis_workers, len(gpus))
         # Several workers: 3D jobs run in worker processes (nim_trellis/workers.py), not in this one.
-        self.pool = WorkerPool(settings, settings.data_dir / "jobs", count, gpus) if count > 1 else None
+        uses_pool = remote or count > 1
+        self.pool = WorkerPool(settings, settings.data_dir / "jobs", count, gpus) if uses_pool else None
         self._loader = threading.Thread(target=self.load_models, name="trellis-loader", daemon=True)
 
     # --- lifecycle and health ------------------------------------------------------------------------------

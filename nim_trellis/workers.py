@@ -24,7 +24,6 @@ service process is gone (they watch their parent), so a new service never shares
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -39,9 +38,10 @@ from pathlib import Path
 from config import Settings
 from nim_trellis.backends.base import Capability
 from nim_trellis.errors import job_not_found
-from nim_trellis.job_store import JobRecord, JobStore
-from nim_trellis.jobs import STORE_FILE, TERMINAL
+from nim_trellis.job_store import JobRecord
+from nim_trellis.jobs import TERMINAL
 from nim_trellis.protocol import BackendHealth, JobStatus, Task3D, WorkerHealth
+from nim_trellis.queue_store import QueueStore, open_queue_store
 from servicekit.errors import APIError
 
 log = logging.getLogger("nim_trellis.workers")
@@ -76,7 +76,10 @@ class WorkerPool:
 
     def __init__(self, settings: Settings, results_dir: Path, count: int, gpus: list[str]) -> None:
         self.settings, self.results_dir, self.count, self.gpus = settings, results_dir, count, gpus
-        self.store: JobStore | None = None
+        # JOB_QUEUE_URL: workers on any host join the queue on their own (`nim_trellis/redis_store.py`); this
+        # process starts none, and other API processes share the queue, so none of them owns what is running.
+        self.remote = bool(settings.job_queue_url)
+        self.store: QueueStore | None = None
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # by slot
         self._stopping = threading.Event()
         self._supervisor = threading.Thread(target=self._supervise, name="trellis-supervisor", daemon=True)
@@ -84,12 +87,22 @@ class WorkerPool:
     # --- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(self.results_dir / STORE_FILE)
+        self.store = open_queue_store(
+            self.settings.job_queue_url,
+            self.results_dir,
+            retention_s=self.settings.job_retention_s,
+            worker_ttl_s=self.settings.trellis_worker_stale_s,
+        )
+        if self.remote:
+            self.purge_expired()
+            self._supervisor = threading.Thread(target=self._reap, name="trellis-reaper", daemon=True)
+            self._supervisor.start()
+            log.info("3D jobs go to the queue at %s, run by workers on any host", self.settings.job_queue_url)
+            return
         now = time.time()
-        for r in self.store.all():
-            if r.status == "running":  # its worker died with the previous service process
-                self._fail(r.id, interrupted(r.status, "service restarted"), now)
-        self.store.execute("DELETE FROM workers")
+        for job_id in self.store.running():  # its worker died with the previous service process
+            self._fail(job_id, interrupted("running", "service restarted"), now)
+        self.store.forget_workers()
         self.purge_expired()
         for slot in range(self.count):
             self._spawn(slot)
@@ -142,33 +155,41 @@ class WorkerPool:
                 self._release(name)
                 self._spawn(slot)
 
+    def _reap(self) -> None:
+        """Redis mode: fail jobs whose worker stopped beating (killed, or its host is gone). No process here to
+        restart: workers on other hosts are restarted by whatever started them (systemd, compose, Kubernetes).
+        Every API process reaps; failing a job is conditional on it still running, so two never clash."""
+        while not self._stopping.wait(self.settings.trellis_worker_heartbeat_s):
+            assert self.store is not None
+            try:
+                for job_id in self.store.stale_running(time.time() - self.settings.trellis_worker_stale_s):
+                    self._fail(job_id, interrupted("running", "worker running it stopped"), time.time())
+            except Exception:  # Redis unreachable for a moment: try again at the next beat
+                log.exception("could not check the 3D workers' heartbeats")
+
     def _silent(self, name: str) -> bool:
         assert self.store is not None
-        rows = self.store.execute("SELECT heartbeat FROM workers WHERE name = ?", (name,))
-        return bool(rows) and time.time() - rows[0][0] > self.settings.trellis_worker_stale_s
+        beat = self.store.worker_heartbeat(name)
+        return beat is not None and time.time() - beat > self.settings.trellis_worker_stale_s
 
     def _release(self, name: str) -> None:
         """Fail the job a dead worker held and forget its state."""
         assert self.store is not None
-        held = self.store.execute("SELECT id FROM jobs WHERE worker = ? AND status = 'running'", (name,))
-        for (job_id,) in held:
+        for job_id in self.store.held_by(name):
             self._fail(job_id, interrupted("running", "worker running it stopped"), time.time())
-        self.store.execute("DELETE FROM workers WHERE name = ?", (name,))
+        self.store.forget_worker(name)
 
     def _fail(self, job_id: str, error: str, now: float) -> None:
         assert self.store is not None
-        self.store.execute(
-            "UPDATE jobs SET status = 'failed', error = ?, error_code = 'interrupted', finished = ? "
-            "WHERE id = ? AND status IN ('queued', 'running')",
-            (error, now, job_id),
-        )
+        self.store.fail_unfinished(job_id, error, now)
         log.warning("job %s: %s", job_id, error)
 
     # --- health --------------------------------------------------------------------------------------------
     def workers(self) -> list[WorkerHealth]:
         assert self.store is not None
-        rows = self.store.execute("SELECT name, device, pid, state, detail FROM workers ORDER BY name")
-        known = {r[0]: WorkerHealth(name=r[0], device=r[1], pid=r[2], state=r[3], detail=r[4]) for r in rows}
+        if self.remote:  # whoever is connected now
+            return self.store.workers()
+        known = {w.name: w for w in self.store.workers()}
         return [
             known.get(self.name(s), WorkerHealth(name=self.name(s), device=self.device(s), state="loading"))
             for s in range(self.count)
@@ -176,20 +197,22 @@ class WorkerPool:
 
     def backend_health(self, backend: str) -> BackendHealth:
         """Ready once one worker has loaded its backend; an error only when every worker failed to."""
-        states = [w.state for w in self.workers()]
-        ready = states.count("ready")
+        workers = self.workers()
+        ready = [w.state for w in workers].count("ready")
         if ready:
-            return BackendHealth(state="ready", detail=f"{backend} backend loaded in {ready}/{self.count} workers")
-        failed = [w for w in self.workers() if w.state == "error"]
-        if len(failed) == self.count:
+            return BackendHealth(state="ready", detail=f"{backend} backend loaded in {ready}/{len(workers)} workers")
+        if not workers:  # Redis mode before any worker joined: jobs wait in the queue until one does
+            where = self.settings.job_queue_url
+            return BackendHealth(state="loading", detail=f"no 3D worker connected to the queue at {where} yet")
+        failed = [w for w in workers if w.state == "error"]
+        if len(failed) == len(workers):
             return BackendHealth(state="error", detail=failed[0].detail)
-        return BackendHealth(state="loading", detail=f"{self.count} workers loading {backend}")
+        return BackendHealth(state="loading", detail=f"{len(workers)} workers loading {backend}")
 
     def capabilities(self) -> dict[str, Capability]:
         """What a ready worker's backend can do (they run the same backend and settings)."""
         assert self.store is not None
-        rows = self.store.execute("SELECT capabilities FROM workers WHERE state = 'ready' LIMIT 1")
-        caps = json.loads(rows[0][0]) if rows and rows[0][0] else {}
+        caps = self.store.ready_capabilities()
         return {name: Capability(**cap) for name, cap in caps.items()}
 
     # --- the API's side of the queue -----------------------------------------------------------------------
@@ -229,7 +252,7 @@ class WorkerPool:
             media_type=None,
             params={"mode": task.mode, "prompt": task.prompt, **asdict(p)},
         )
-        self.store.put(record)
+        self.store.enqueue(record)
         return record
 
     def get(self, job_id: str) -> JobRecord:
@@ -243,12 +266,8 @@ class WorkerPool:
         """Cancel a queued job at once (never one a worker has just claimed), a running one at its next stage."""
         assert self.store is not None
         self.get(job_id)
-        self.store.execute(
-            "UPDATE jobs SET status = 'cancelled', error = 'cancelled before it started', error_code = 'cancelled', "
-            "finished = ? WHERE id = ? AND status = 'queued'",
-            (time.time(), job_id),
-        )
-        self.store.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,))
+        self.store.cancel_queued(job_id, time.time())
+        self.store.request_cancel(job_id)
         return self.get(job_id)
 
     async def wait(self, job_id: str, is_disconnected: object = None) -> JobRecord:
@@ -269,16 +288,13 @@ class WorkerPool:
 
     def depth(self) -> int:
         assert self.store is not None
-        return int(self.store.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'")[0][0])
+        return self.store.depth()
 
     def position(self, record: JobRecord) -> int | None:
         if record.status != "queued":
             return None
         assert self.store is not None
-        ahead = self.store.execute(
-            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND created < ?", (record.created,)
-        )[0][0]
-        return int(ahead) + 1
+        return self.store.queue_position(record)
 
     def status(self, r: JobRecord) -> JobStatus:
         return JobStatus(
@@ -303,7 +319,7 @@ class WorkerPool:
     def purge_expired(self) -> None:
         assert self.store is not None
         cutoff = time.time() - self.settings.job_retention_s
-        gone = [i for (i,) in self.store.execute("SELECT id FROM jobs WHERE finished < ?", (cutoff,))]
+        gone = self.store.finished_before(cutoff)
         self.store.delete(gone)
         for job_id in gone:
             shutil.rmtree(self.results_dir / job_id, ignore_errors=True)
