@@ -122,6 +122,7 @@ class RedisJobStore:
         self._finish_if = self._r.register_script(FINISH_IF)
         self._request_cancel = self._r.register_script(REQUEST_CANCEL)
         self._beat_job = self._r.register_script(BEAT_JOB)
+        self._reported: dict[str, tuple[WorkerHealth, dict[str, Any] | None]] = {}  # this process's workers
 
     # --- jobs ----------------------------------------------------------------------------------------------
     def put(self, record: JobRecord) -> None:
@@ -221,6 +222,7 @@ class RedisJobStore:
         if caps is not None:
             fields["capabilities"] = json.dumps(caps)
         key = WORKER_PREFIX + worker.name
+        self._reported[worker.name] = (worker, caps)
         with self._r.pipeline() as p:
             p.hset(key, mapping=fields)
             p.expire(key, self._worker_ttl())
@@ -229,10 +231,10 @@ class RedisJobStore:
 
     def beat_worker(self, name: str, now: float) -> None:
         key = WORKER_PREFIX + name
-        with self._r.pipeline() as p:
-            p.hset(key, "heartbeat", now)
-            p.expire(key, self._worker_ttl())
-            p.execute()
+        if self._r.expire(key, self._worker_ttl()):  # it exists, and cannot expire before the next line
+            self._r.hset(key, "heartbeat", now)
+        elif name in self._reported:  # expired while the worker was stalled: report it whole again
+            self.report_worker(*self._reported[name], now)
 
     def worker_heartbeat(self, name: str) -> float | None:
         beat = self._r.hget(WORKER_PREFIX + name, "heartbeat")

@@ -166,7 +166,8 @@ def main() -> None:
         parser.error("a worker of the embedded queue is started by the 3D service; give --queue-url to run one alone")
     if args.parent is None and args.device != "cpu":  # started alone: pin itself to its GPU before CUDA starts
         os.environ["CUDA_VISIBLE_DEVICES"] = args.device
-        args.gpu_index = int(args.device)  # its place on this host, for the VRAM lease shared with a local LLM
+        if args.gpu_index is None and args.device.isdigit():  # its place on this host, for the VRAM lease shared
+            args.gpu_index = int(args.device)  # with an LLM on the same GPU
     args.name = args.name or f"{socket.gethostname()}-{args.device}-{os.getpid()}"
     if settings.hf_hub_offline:
         os.environ["HF_HUB_OFFLINE"] = "1"  # read by huggingface_hub at import time

@@ -114,6 +114,8 @@ def test_finished_jobs_and_silent_workers_expire(redis_url: str) -> None:
     assert store.finished_before(time.time() + 1) == ["done"]
     time.sleep(2.2)  # both TTLs are 1 s
     assert store.get("done") is None and store.workers() == []
+    store.beat_worker("w", time.time())  # a worker that was only stalled comes back whole
+    assert [(w.name, w.state) for w in store.workers()] == [("w", "ready")]
 
 
 # --- the whole system ----------------------------------------------------------------------------------------
