@@ -19,6 +19,12 @@ It is not retried: a job that kills its worker (host out of memory, a driver fau
 turn; the client resubmits, as after a restart. On start, jobs still `running` from a previous service process are
 failed the same way; `queued` ones stay queued and run, since their input is on disk. Workers exit when the
 service process is gone (they watch their parent), so a new service never shares a GPU with an orphan.
+
+With JOB_QUEUE_URL=redis://... the queue is `redis_store.RedisJobStore` instead of the SQLite file, behind the same
+`queue_store.QueueStore` contract, and this process starts no workers: they run on any host
+(`python -m nim_trellis.worker --queue-url ...`) under their own supervisor. Health lists the workers connected
+now; a job whose worker's heartbeat is TRELLIS_WORKER_STALE_S old is failed as `interrupted` by any API process
+(`_reap`), and a restarted API process fails nothing: its jobs run on in the workers.
 """
 
 from __future__ import annotations
