@@ -3,6 +3,7 @@ compose file, supervisord.conf, the scripts and config.py agree on ports, paths 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -50,10 +51,12 @@ def dockerfile_args() -> dict[str, str]:
     return dict(re.findall(r"^ARG (\w+)=\"?([^\"\n]*)\"?$", DOCKERFILE, flags=re.M))
 
 
-def run_compose_config(*args: str) -> subprocess.CompletedProcess[str]:
-    """`docker compose config` on our compose file (the compose binary alone validates it; no engine needed)."""
+def run_compose_config(
+    *args: str, files: tuple[str, ...] = ("docker-compose.yml",)
+) -> subprocess.CompletedProcess[str]:
+    """`docker compose config` on our compose file(s) (the compose binary alone validates them; no engine needed)."""
     return subprocess.run(
-        [compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", *args],
+        [compose_binary(), *(a for f in files for a in ("-f", str(ROOT / f))), "config", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -241,6 +244,26 @@ def test_ports_and_paths_agree_across_config_dockerfile_compose() -> None:
     for target in mounts.values():
         assert target in mkdir, f"{target} must exist in the image, owned by the app user"
     assert env["CACHE_DIR"].startswith(env["DATA_DIR"] + "/")
+
+
+def test_the_several_gpus_override_shares_one_redis_queue_and_the_data() -> None:
+    out = run_compose_config("--format", "json", files=("docker-compose.yml", "docker-compose.gpus.yml"))
+    assert out.returncode == 0, out.stderr
+    services = json.loads(out.stdout)["services"]
+    queue = services["chat-to-3d"]["environment"]["JOB_QUEUE_URL"]
+    assert queue.startswith("redis://redis:") and "redis" in services
+    workers = {name: s for name, s in services.items() if name.startswith("trellis-worker-")}
+    assert len(workers) >= 2
+    gpus = []
+    for name, worker in workers.items():
+        assert worker["environment"]["JOB_QUEUE_URL"] == queue, name
+        assert worker["command"][1:3] == ["-m", "nim_trellis.worker"], name
+        assert importlib.util.find_spec(worker["command"][2]) is not None
+        (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        gpus += device["device_ids"]
+        data = {v["target"]: v["source"] for v in worker["volumes"]}
+        assert data["/data"] == "data", name  # the main service's volume: inputs and results are shared files
+    assert len(set(gpus)) == len(gpus) and "0" not in gpus  # one GPU each; GPU 0 keeps the LLM
 
 
 def test_compose_service_has_gpu_restart_shm_and_same_healthcheck() -> None:
