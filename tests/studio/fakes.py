@@ -45,7 +45,8 @@ def fake_prompt_tokens(messages: list[dict[str, Any]]) -> int:
 
 
 def fake_llm(state: dict[str, Any]) -> FastAPI:
-    """`state`: plans (list of JSON texts answered in turn), busy (count of 503s to send first), log.
+    """`state`: plans (list of JSON texts answered in turn), busy (count of 503s to send first), log, not_ours (no
+    NIM health route, as on vLLM or a hosted API).
 
     Budget options (all off by default: a server that neither counts tokens nor reports its context): `context`
     (enforced like nim_llm: 400 `context_length_exceeded` when prompt + max_tokens is over it), `tokenize`
@@ -57,6 +58,8 @@ def fake_llm(state: dict[str, Any]) -> FastAPI:
 
     @app.get("/v1/health/ready")
     def ready() -> Any:
+        if state.get("not_ours"):  # another OpenAI-compatible server (vLLM, a hosted API): no NIM health route
+            return error(404, "Not Found")
         return {"status": "ready", "message": "ready"}
 
     @app.post("/tokenize")
