@@ -28,12 +28,10 @@ from tests.studio.live import base_env, process, wait_ready
 from tests.support import free_port
 from tests.trellis.conftest import wait_job
 from tests.trellis.test_durable_jobs import object_png
+from tests.trellis.worker_jobs import FINISHED, JOB_WAIT_S, frozen_mid_job, submit
 
 REDIS_SERVER = "/usr/bin/redis-server"
-FINISHED = {"succeeded", "failed", "cancelled", "filtered"}
 REDIS_START_S = 10.0
-JOB_WAIT_S = 120.0
-FREEZE_ATTEMPTS = 50  # a relief job takes ~0.1 s: catching one running takes a few tries at most
 CANCEL_ATTEMPTS = 5
 # The setting under test when a worker is killed: how soon its job is failed. Short, so the test does not wait the
 # default 30 s; the stale check itself is the same code whatever the value.
@@ -125,12 +123,6 @@ def holder(store: RedisJobStore, job_id: str) -> str | None:
     return store.worker_of(job_id) if record is not None and record.status == "running" else None
 
 
-def submit(url: str, image: str) -> str:
-    r = httpx.post(f"{url}/v1/jobs", json={"image": image}, timeout=60)
-    assert r.status_code == 202, r.text
-    return str(r.json()["id"])
-
-
 def ready_workers(url: str, names: set[str]) -> dict[str, int]:
     """Wait until exactly these workers are connected and ready; their pids."""
     deadline = time.monotonic() + JOB_WAIT_S
@@ -143,22 +135,6 @@ def ready_workers(url: str, names: set[str]) -> dict[str, int]:
     raise TimeoutError(f"workers never {names} and ready: {workers}")
 
 
-def frozen_mid_job(url: str, store: RedisJobStore, image: str, pids: dict[str, int]) -> tuple[str, str]:
-    """Submit jobs until one is caught running and its worker is frozen (SIGSTOP) with it: (job id, worker)."""
-    for _ in range(FREEZE_ATTEMPTS):
-        job_id = submit(url, image)
-        wait_job(url, job_id, {"running", *FINISHED}, timeout_s=JOB_WAIT_S)
-        worker = holder(store, job_id)
-        if worker is None:
-            continue
-        os.kill(pids[worker], signal.SIGSTOP)
-        if holder(store, job_id) == worker:
-            return job_id, worker
-        os.kill(pids[worker], signal.SIGCONT)  # it finished in between
-    raise AssertionError("no job was ever caught running")
-
-
-@pytest.mark.slow
 def test_api_and_workers_share_a_redis_queue_survive_a_kill_and_an_api_restart(tmp_path: Path, redis_url: str) -> None:
     data_dir, cache_dir, port = tmp_path / "data", tmp_path / "cache", free_port()
     env = {
@@ -193,7 +169,7 @@ def test_api_and_workers_share_a_redis_queue_survive_a_kill_and_an_api_restart(t
 
             # kill -9 one worker mid-job (frozen first, so the job is surely its own): once its heartbeat is
             # TRELLIS_WORKER_STALE_S old the job fails as interrupted; the other worker keeps serving.
-            victim_job, victim = frozen_mid_job(url, store, image, pids)
+            victim_job, victim = frozen_mid_job(url, image, pids, lambda job: holder(store, job))
             os.kill(pids[victim], signal.SIGKILL)
             failed = wait_job(url, victim_job, FINISHED, timeout_s=JOB_WAIT_S)
             assert failed["status"] == "failed" and failed["error_code"] == "interrupted", failed
@@ -208,7 +184,7 @@ def test_api_and_workers_share_a_redis_queue_survive_a_kill_and_an_api_restart(t
             # already in its last stage succeeds: try again).
             outcomes = []
             for _ in range(CANCEL_ATTEMPTS):
-                to_cancel, held = frozen_mid_job(url, store, image, alive)
+                to_cancel, held = frozen_mid_job(url, image, alive, lambda job: holder(store, job))
                 answer = httpx.delete(f"{url}/v1/jobs/{to_cancel}", timeout=30)
                 os.kill(alive[held], signal.SIGCONT)
                 assert answer.status_code == 200 and answer.json()["status"] == "running", answer.text

@@ -20,12 +20,10 @@ from tests.studio.live import base_env, process, wait_ready
 from tests.support import free_port
 from tests.trellis.conftest import wait_job
 from tests.trellis.test_durable_jobs import object_png
+from tests.trellis.worker_jobs import FINISHED, JOB_WAIT_S, frozen_mid_job, submit
 
 pytestmark = pytest.mark.slow
-FINISHED = {"succeeded", "failed", "cancelled", "filtered"}
 WORKERS = 2
-JOB_WAIT_S = 120.0
-FREEZE_ATTEMPTS = 50  # a relief job takes ~0.1 s: catching one running takes a few tries at most
 CANCEL_ATTEMPTS = 5
 
 
@@ -39,27 +37,6 @@ def ready_workers(url: str) -> list[dict[str, Any]]:
             return workers
         time.sleep(0.1)
     raise TimeoutError(f"workers never all ready: {workers}")
-
-
-def submit(url: str, image: str) -> str:
-    r = httpx.post(f"{url}/v1/jobs", json={"image": image}, timeout=60)
-    assert r.status_code == 202, r.text
-    return str(r.json()["id"])
-
-
-def frozen_mid_job(url: str, data_dir: Path, image: str, pids: dict[str, int]) -> tuple[str, str]:
-    """Submit jobs until one is caught running and its worker is frozen (SIGSTOP) with it: (job id, worker)."""
-    for _ in range(FREEZE_ATTEMPTS):
-        job_id = submit(url, image)
-        wait_job(url, job_id, {"running", *FINISHED}, timeout_s=JOB_WAIT_S)
-        worker = holder(data_dir, job_id)
-        if worker is None:
-            continue
-        os.kill(pids[worker], signal.SIGSTOP)
-        if holder(data_dir, job_id) == worker:
-            return job_id, worker
-        os.kill(pids[worker], signal.SIGCONT)  # it finished in between
-    raise AssertionError("no job was ever caught running")
 
 
 def holder(data_dir: Path, job_id: str) -> str | None:
@@ -95,7 +72,7 @@ def test_two_workers_share_the_queue_survive_a_kill_and_a_restart(tmp_path: Path
         # kill -9 one worker mid-job (frozen first, so the job is surely still its own): the job fails as
         # interrupted, the other worker keeps serving, and the service starts the killed one again.
         pids = {w["name"]: w["pid"] for w in ready_workers(url)}
-        victim_job, victim = frozen_mid_job(url, data_dir, image, pids)
+        victim_job, victim = frozen_mid_job(url, image, pids, lambda job: holder(data_dir, job))
         os.kill(pids[victim], signal.SIGKILL)
         failed = wait_job(url, victim_job, FINISHED, timeout_s=JOB_WAIT_S)
         assert failed["status"] == "failed" and failed["error_code"] == "interrupted", failed
@@ -109,7 +86,7 @@ def test_two_workers_share_the_queue_survive_a_kill_and_a_restart(tmp_path: Path
         # job has stages left to notice it at; one that was already in its last stage succeeds: try again).
         outcomes = []
         for _ in range(CANCEL_ATTEMPTS):
-            to_cancel, worker = frozen_mid_job(url, data_dir, image, restarted)
+            to_cancel, worker = frozen_mid_job(url, image, restarted, lambda job: holder(data_dir, job))
             answer = httpx.delete(f"{url}/v1/jobs/{to_cancel}", timeout=30)
             os.kill(restarted[worker], signal.SIGCONT)
             assert answer.status_code == 200 and answer.json()["status"] == "running", answer.text
