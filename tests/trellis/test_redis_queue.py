@@ -28,7 +28,7 @@ from tests.studio.live import base_env, process, wait_ready
 from tests.support import free_port
 from tests.trellis.conftest import wait_job
 from tests.trellis.test_durable_jobs import object_png
-from tests.trellis.worker_jobs import FINISHED, JOB_WAIT_S, frozen_mid_job, submit
+from tests.trellis.worker_jobs import FINISHED, JOB_WAIT_S, cancel_mid_job, frozen_mid_job, submit
 
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_START_S = 10.0
@@ -180,19 +180,9 @@ def test_api_and_workers_share_a_redis_queue_survive_a_kill_and_an_api_restart(t
             assert store.worker_of(after) == survivor
             alive = ready_workers(url, {survivor})  # the dead one drops out of health when its entry expires
 
-            # A cancel reaches a job running in another process (asked while its worker is frozen mid-job; one
-            # already in its last stage succeeds: try again).
-            outcomes = []
-            for _ in range(CANCEL_ATTEMPTS):
-                to_cancel, held = frozen_mid_job(url, image, alive, lambda job: holder(store, job))
-                answer = httpx.delete(f"{url}/v1/jobs/{to_cancel}", timeout=30)
-                os.kill(alive[held], signal.SIGCONT)
-                assert answer.status_code == 200 and answer.json()["status"] == "running", answer.text
-                outcome = wait_job(url, to_cancel, FINISHED, timeout_s=JOB_WAIT_S)
-                outcomes.append(outcome)
-                if outcome["status"] == "cancelled":
-                    assert outcome["error_code"] == "cancelled", outcome
-                    break
+            # A cancel reaches a job running in another process.
+            outcomes = cancel_mid_job(url, image, alive, lambda job: holder(store, job), CANCEL_ATTEMPTS)
+            to_cancel = outcomes[-1]["id"]
             assert outcomes[-1]["status"] == "cancelled", outcomes
 
             # The API process dies with jobs waiting: the workers do not depend on it and keep going.

@@ -36,3 +36,22 @@ def frozen_mid_job(url: str, image: str, pids: dict[str, int], holder: Callable[
             return job_id, worker
         os.kill(pids[worker], signal.SIGCONT)  # it finished in between
     raise AssertionError("no job was ever caught running")
+
+
+def cancel_mid_job(
+    url: str, image: str, pids: dict[str, int], holder: Callable[[str], str | None], attempts: int
+) -> list[dict]:
+    """Cancel a job running in a worker process, asked while its worker is frozen mid-job so that the job has stages
+    left to notice it at; one already in its last stage succeeds, so try again. Every attempt's outcome."""
+    outcomes: list[dict] = []
+    for _ in range(attempts):
+        job_id, worker = frozen_mid_job(url, image, pids, holder)
+        answer = httpx.delete(f"{url}/v1/jobs/{job_id}", timeout=30)
+        os.kill(pids[worker], signal.SIGCONT)
+        assert answer.status_code == 200 and answer.json()["status"] == "running", answer.text
+        outcome = wait_job(url, job_id, FINISHED, timeout_s=JOB_WAIT_S)
+        outcomes.append(outcome)
+        if outcome["status"] == "cancelled":
+            assert outcome["error_code"] == "cancelled", outcome
+            break
+    return outcomes
