@@ -146,6 +146,25 @@ class Job:
         return job
 
 
+def status_of(r: JobRecord, queue_position: int | None) -> JobStatus:
+    """What `GET /v1/jobs/{id}` answers for a job record, wherever the job runs."""
+    return JobStatus(
+        id=r.id,
+        status=r.status,  # type: ignore[arg-type]
+        stage=r.stage,
+        progress=round(r.progress, 4),
+        queue_position=queue_position,
+        error=r.error,
+        error_code=r.error_code,
+        seed=r.seed,
+        backend=r.backend,
+        output_format=r.output_format,
+        created=r.created,
+        finished=r.finished,
+        note=r.note,
+    )
+
+
 def _gone(ctx: JobContext) -> Any:
     raise AssertionError("a job read back from the store is never run")
 
@@ -369,21 +388,7 @@ class JobQueue:
         return None
 
     def status(self, job: Job) -> JobStatus:
-        return JobStatus(
-            id=job.id,
-            status=job.status,
-            stage=job.stage,
-            progress=round(job.progress, 4),
-            queue_position=self.position(job),
-            error=job.error,
-            error_code=job.error_code,
-            seed=job.seed,
-            backend=job.backend,
-            output_format=job.output_format,
-            created=job.created,
-            finished=job.finished,
-            note=job.note,
-        )
+        return status_of(job.record(), self.position(job))
 
     def purge_expired(self) -> None:
         cutoff = time.time() - self.retention_s

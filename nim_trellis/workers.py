@@ -45,7 +45,7 @@ from config import Settings
 from nim_trellis.backends.base import Capability
 from nim_trellis.errors import job_not_found
 from nim_trellis.job_store import JobRecord
-from nim_trellis.jobs import TERMINAL
+from nim_trellis.jobs import TERMINAL, status_of
 from nim_trellis.protocol import BackendHealth, JobStatus, Task3D, WorkerHealth
 from nim_trellis.queue_store import QueueStore, open_queue_store
 from servicekit.errors import APIError
@@ -303,21 +303,7 @@ class WorkerPool:
         return self.store.queue_position(record)
 
     def status(self, r: JobRecord) -> JobStatus:
-        return JobStatus(
-            id=r.id,
-            status=r.status,  # type: ignore[arg-type]
-            stage=r.stage,
-            progress=round(r.progress, 4),
-            queue_position=self.position(r),
-            error=r.error,
-            error_code=r.error_code,
-            seed=r.seed,
-            backend=r.backend,
-            output_format=r.output_format,
-            created=r.created,
-            finished=r.finished,
-            note=r.note,
-        )
+        return status_of(r, self.position(r))
 
     def _expired(self, record: JobRecord) -> bool:
         return record.finished is not None and record.finished < time.time() - self.settings.job_retention_s
