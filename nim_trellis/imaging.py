@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from nim_trellis.jobs import JobContext, LeanRetry
+from nim_trellis.job import JobContext, LeanRetry
 from nim_trellis.protocol import (
     GeneratedImage,
     ImageGenerationRequest,

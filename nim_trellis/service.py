@@ -28,8 +28,9 @@ from nim_trellis.backends.base import Backend3D, Capability, MeshArtifact, Scale
 from nim_trellis.backends.relief import has_real_alpha
 from nim_trellis.imagegen.sana import SanaImageGenerator
 from nim_trellis.imaging import ImageService
+from nim_trellis.job import Job, JobContext, LeanRetry, SafetyRefused
 from nim_trellis.job_store import JobRecord
-from nim_trellis.jobs import Job, JobContext, JobQueue, LeanRetry, SafetyRefused
+from nim_trellis.jobs import JobQueue
 from nim_trellis.protocol import (
     Artifact,
     BackendHealth,

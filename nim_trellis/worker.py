@@ -31,8 +31,8 @@ from PIL import Image
 
 from config import Settings, get_settings
 from nim_trellis.backends.base import MeshParams
+from nim_trellis.job import Job, JobContext
 from nim_trellis.job_store import JobRecord
-from nim_trellis.jobs import Job, JobContext
 from nim_trellis.protocol import Task3D, WorkerHealth
 from nim_trellis.queue_store import QueueStore, open_queue_store
 from nim_trellis.service import TrellisService

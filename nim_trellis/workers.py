@@ -44,8 +44,8 @@ from pathlib import Path
 from config import Settings
 from nim_trellis.backends.base import Capability
 from nim_trellis.errors import job_not_found
+from nim_trellis.job import TERMINAL, status_of
 from nim_trellis.job_store import JobRecord
-from nim_trellis.jobs import TERMINAL, status_of
 from nim_trellis.protocol import BackendHealth, JobStatus, Task3D, WorkerHealth
 from nim_trellis.queue_store import QueueStore, open_queue_store
 from servicekit.errors import APIError

@@ -25,7 +25,7 @@ from PIL import Image
 from nim_trellis.backends import trellis as trellis_backend
 from nim_trellis.backends.base import MeshParams
 from nim_trellis.backends.trellis import TrellisBackend
-from nim_trellis.jobs import JobCancelled
+from nim_trellis.job import JobCancelled
 from tests.trellis.conftest import disc_image, encode, running
 
 PIPELINES = """
