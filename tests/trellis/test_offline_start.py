@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import httpx
 import pytest
 
 import config
+from tests.studio.live import process
 from tests.support import free_port
 
 START_LIMIT_S = 90.0  # from spawn: Python and torch imports on 2 busy cores take a while; nothing here retries
@@ -53,24 +52,8 @@ def service_env(tmp: Path, port: int, **extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def service(env: dict[str, str], log: Path) -> Iterator[str]:
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nim_trellis.run_trellis_local"],
-            cwd=config.ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        try:
-            yield f"http://127.0.0.1:{env['TRELLIS_PORT']}"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with process(["-m", "nim_trellis.run_trellis_local"], env, log):
+        yield f"http://127.0.0.1:{env['TRELLIS_PORT']}"
 
 
 def loaded_within(url: str, limit_s: float) -> tuple[float, dict[str, Any]]:
