@@ -64,32 +64,39 @@ def app_url(env: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def started(env: dict[str, str], log: Path) -> Iterator[dict[str, float]]:
-    """start.sh in the foreground, as the container runs it; yields seconds-to-ready per program."""
-    import httpx
-
+def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process from the repository root with its output in `log`; terminated (killed if it lingers) after."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        proc = subprocess.Popen(["bash", "start.sh"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        t0 = time.perf_counter()
-        ready: dict[str, float] = {}
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            while len(ready) < len(PROGRAMS):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"start.sh exited {proc.returncode}; see {log}")
-                if time.perf_counter() - t0 > READY_TIMEOUT_S:
-                    raise TimeoutError(f"not ready after {READY_TIMEOUT_S:g}s: {sorted(set(PROGRAMS) - set(ready))}")
-                for name, url in urls(env).items():
-                    if name not in ready and _answers(httpx, url):
-                        ready[name] = round(time.perf_counter() - t0, 1)
-                time.sleep(0.5)
-            yield ready
+            yield proc
         finally:
             proc.terminate()
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextlib.contextmanager
+def started(env: dict[str, str], log: Path) -> Iterator[dict[str, float]]:
+    """start.sh in the foreground, as the container runs it; yields seconds-to-ready per program."""
+    import httpx
+
+    with running(["bash", "start.sh"], env, log) as proc:
+        t0 = time.perf_counter()
+        ready: dict[str, float] = {}
+        while len(ready) < len(PROGRAMS):
+            if proc.poll() is not None:
+                raise RuntimeError(f"start.sh exited {proc.returncode}; see {log}")
+            if time.perf_counter() - t0 > READY_TIMEOUT_S:
+                raise TimeoutError(f"not ready after {READY_TIMEOUT_S:g}s: {sorted(set(PROGRAMS) - set(ready))}")
+            for name, url in urls(env).items():
+                if name not in ready and _answers(httpx, url):
+                    ready[name] = round(time.perf_counter() - t0, 1)
+            time.sleep(0.5)
+        yield ready
 
 
 def _answers(httpx: Any, url: str) -> bool:

@@ -15,7 +15,6 @@ import base64
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,9 +25,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from bench.appliance import free_port, running
 from nim_trellis.job_store import JobRecord, JobStore
 
-ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 180.0
 POLL_S = 0.02
 STAGES_PER_JOB = 3  # stage records a relief job writes besides queued, running and finished
@@ -42,14 +41,6 @@ def object_png(side: int = IMAGE_SIDE) -> str:
     buf = io.BytesIO()
     Image.fromarray(rgba).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, workers: int) -> None:
@@ -79,11 +70,7 @@ def jobs_per_second(workers: int, jobs: int, image: str) -> float:
             TRELLIS_PORT=str(port),
             TRELLIS_WORKERS=str(workers),
         )
-        log = open(f"{tmp}/service.log", "wb")  # noqa: SIM115 - closed below, after the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nim_trellis.run_trellis_local"], cwd=ROOT, env=env, stdout=log, stderr=log
-        )
-        try:
+        with running([sys.executable, "-m", "nim_trellis.run_trellis_local"], env, Path(tmp) / "service.log"):
             url = f"http://127.0.0.1:{port}"
             wait_ready(url, workers)
             start = time.perf_counter()
@@ -92,10 +79,6 @@ def jobs_per_second(workers: int, jobs: int, image: str) -> float:
                 while httpx.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()["status"] in {"queued", "running"}:
                     time.sleep(POLL_S)
             return jobs / (time.perf_counter() - start)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            log.close()
 
 
 def queue_overhead_ms(jobs: int) -> float:
